@@ -83,8 +83,7 @@ def write_comparison(rows: dict[str, dict[str, float]], out_dir: Path,
     table = pd.DataFrame.from_dict(rows, orient="index").sort_index(axis=1)
     table.index.name = "variant"
     atomic_write_text(out_dir / "results.csv", table.to_csv())
-    atomic_write_text(out_dir / "results.md", table.T.to_markdown() if _has_tabulate()
-                      else table.T.to_string())
+    atomic_write_text(out_dir / "results.md", table.T.to_markdown())
     shown = [m for m in (metrics or list(table.columns)) if m in table.columns][:12]
     missing = [m for m in (metrics or []) if m not in table.columns]
     if missing:
@@ -104,10 +103,3 @@ def write_comparison(rows: dict[str, dict[str, float]], out_dir: Path,
         plt.close(fig)
     return out_dir / "results.csv"
 
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True

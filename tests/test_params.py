@@ -1,0 +1,61 @@
+"""Every shipped params file loads, and the recipes carry the papers' hyper-parameters."""
+from pathlib import Path
+
+import pytest
+
+from phi_lib.config import load
+from phi_lib.paths import project_root
+from phi_lib.sweep import load_sweep
+
+pytestmark = pytest.mark.unit
+PARAMS = sorted((project_root() / "params").glob("*.yaml"))
+SWEEPS = sorted((project_root() / "params" / "sweeps").glob("*.yaml"))
+
+
+def test_every_system_of_the_papers_has_a_params_file():
+    names = {p.stem for p in PARAMS}
+    assert {"smoke", "phi-1-small", "phi-1-base", "phi-1", "phi-1.5", "phi-1.5-web",
+            "phi-1.5-web-only"} <= names
+
+
+@pytest.mark.parametrize("path", PARAMS, ids=lambda p: p.name)
+def test_params_file_loads(path: Path):
+    cfg = load(path)
+    assert cfg.run.name == path.stem
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_sweep_file_loads(path: Path):
+    spec = load_sweep(path)
+    assert spec["variants"]
+
+
+def test_phi_1_5_recipe():
+    t = load(project_root() / "params/phi-1.5.yaml").train
+    assert (t.optimizer, t.lr, t.betas, t.eps, t.weight_decay) == ("adam", 2e-4, [0.9, 0.98], 1e-7, 0.1)
+    assert (t.schedule, t.warmup_steps, t.precision, t.zero_stage) == ("constant", 0, "fp16", 2)
+    assert t.global_batch_size == 2048
+    m = load(project_root() / "params/phi-1.5.yaml").mix
+    assert m.seq_len == 2048 and m.total_tokens == 150_000_000_000
+    assert sorted(s.weight for s in m.sources.values()) == [0.2, 0.8]
+
+
+def test_phi_1_5_web_mixtures():
+    web = load(project_root() / "params/phi-1.5-web.yaml").mix.sources
+    assert sorted(s.weight for s in web.values()) == [0.2, 0.4, 0.4]
+    only = load(project_root() / "params/phi-1.5-web-only.yaml").mix.sources
+    assert sorted(s.weight for s in only.values()) == [0.2, 0.8]
+
+
+def test_phi_1_recipe_and_finetune():
+    cfg = load(project_root() / "params/phi-1.yaml")
+    t = cfg.train
+    assert (t.optimizer, t.lr, t.schedule, t.warmup_steps, t.weight_decay) == ("adamw", 1e-3, "linear", 750, 0.1)
+    assert (t.global_batch_size, t.max_steps) == (1024, 36000)
+    assert (cfg.model.resid_pdrop, cfg.model.attention_dropout) == (0.1, 0.1)
+    f = t.finetune
+    assert (f.enabled, f.lr, f.warmup_steps, f.weight_decay, f.global_batch_size, f.max_steps) == (
+        True, 1e-4, 50, 0.01, 256, 6000)
+    base = load(project_root() / "params/phi-1-base.yaml").train
+    assert base.max_steps == 24000 and not base.finetune.enabled
+    assert load(project_root() / "params/phi-1-small.yaml").model.preset == "phi-1-small"

@@ -1,0 +1,107 @@
+"""The papermill runner and sweeps, on small stand-in notebooks (plumbing only: the real
+stage notebooks are exercised by tests/test_smoke_pipeline.py)."""
+import json
+
+import nbformat
+import pytest
+
+from phi_lib import stages as stages_mod
+from phi_lib.config import load
+from phi_lib.run import StageFailed, run
+from phi_lib.sweep import sweep
+
+pytestmark = pytest.mark.slow
+
+PARAMS_CELL = 'params = ""\noverrides = {}\nrun_dir = ""'
+
+
+def _notebook(path, body):
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(PARAMS_CELL)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("stand-in stage"), p, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def _ok(stage):
+    return (f"import phi_lib.notebook, phi_lib.io\n"
+            f"cfg, out = phi_lib.notebook.setup(params, overrides, run_dir, stage='{stage}')\n"
+            f"(out / 'work.txt').write_text('done')\n"
+            f"phi_lib.io.write_manifest(out, cfg, '{stage}', metrics={{'steps': cfg.train.max_steps}})")
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.setattr(stages_mod, "project_root", lambda: tmp_path)
+    _notebook(tmp_path / "notebooks" / "01_synthesize.ipynb", _ok("01"))
+    _notebook(tmp_path / "notebooks" / "05_train.ipynb", _ok("05"))
+    _notebook(tmp_path / "notebooks" / "02_filter_web.ipynb",
+              "import phi_lib\nraise ValueError('boom in stage 02')")
+    params = tmp_path / "p.yaml"
+    params.write_text(f"run: {{name: t, output_root: {tmp_path / 'out'}}}\ntrain: {{max_steps: 10}}\n")
+    return tmp_path, params
+
+
+def test_runs_skips_and_reports(project):
+    root, params = project
+    logs = []
+    res = run(params, stages=["01", "03", "05"], log=logs.append)
+    status = {s.stage: s.status for s in res.statuses}
+    assert status == {"01": "done", "02": "not selected", "03": "not built", "04": "not selected",
+                      "05": "done", "06": "not selected", "07": "not selected"}
+    run_dir = root / "out" / "t"
+    assert (run_dir / "01_synthesize" / "executed.ipynb").is_file()
+    assert json.loads((run_dir / "05_train" / "manifest.json").read_text())["metrics"] == {"steps": 10}
+    report = (run_dir / "report.md").read_text()
+    assert "| 03_mix | not built yet |" in report and "| steps | 10 |" in report
+    assert (run_dir / "report.html").is_file()
+
+    # same config: both skipped, and the log says so
+    logs.clear()
+    res = run(params, stages=["01", "05"], log=logs.append)
+    assert [s.status for s in res.statuses if s.stage in ("01", "05")] == ["skipped", "skipped"]
+    assert any("up to date" in line for line in logs)
+
+    # a train change reruns 05 only; --force reruns everything selected
+    res = run(params, stages=["01", "05"], overrides={"train.max_steps": "12"}, log=logs.append)
+    assert {s.stage: s.status for s in res.statuses if s.stage in ("01", "05")} == {
+        "01": "skipped", "05": "done"}
+    res = run(params, stages=["01"], force=True, log=logs.append)
+    assert res.statuses[0].status == "done"
+
+
+def test_failing_stage_stops_with_cell_error_and_notebook_path(project):
+    root, params = project
+    with pytest.raises(StageFailed) as e:
+        run(params, stages=["02", "05"], log=lambda s: None)
+    msg = str(e.value)
+    assert "ValueError: boom in stage 02" in msg
+    assert str(root / "out" / "t" / "02_filter_web" / "executed.ipynb") in msg
+    assert not (root / "out" / "t" / "05_train" / "stage.json").exists()  # the run stopped
+    assert "| 02_filter_web | failed |" in (root / "out" / "t" / "report.md").read_text()
+
+
+def test_sweep_compares_variants(project, tmp_path):
+    root, params = project
+    spec = root / "steps.yaml"
+    spec.write_text("base: p.yaml\nstages: ['05']\nmetrics: [05_train/steps]\n"
+                    "variants:\n  short: {train.max_steps: 3}\n  long: {train.max_steps: 30}\n")
+    table = sweep(spec, log=lambda s: None)
+    text = table.read_text().splitlines()
+    assert text[0] == "variant,05_train/steps"
+    assert sorted(text[1:]) == ["long,30", "short,3"]
+    assert (table.parent / "results.png").is_file() and (table.parent / "results.md").is_file()
+    assert (root / "out" / "steps-short" / "05_train" / "manifest.json").is_file()
+
+
+def test_sweep_rejects_a_bad_variant_before_running(project):
+    root, _ = project
+    spec = root / "bad.yaml"
+    spec.write_text("base: p.yaml\nvariants:\n  a: {train.max_stepz: 3}\n")
+    from phi_lib.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"variants\.a: train\.max_stepz: unknown key"):
+        sweep(spec, log=lambda s: None)
+    assert not (root / "out").exists()
