@@ -10,3 +10,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke pipeline (params/smoke.yaml), run once per test session.
+
+    Stage tests assert on its outputs instead of re-running stages. Set PHI_TEST_OUTPUTS to a
+    folder to keep the run between sessions (the runner then skips up-to-date stages).
+    """
+    from phi_lib.run import run
+
+    root = os.environ.get("PHI_TEST_OUTPUTS") or str(tmp_path_factory.mktemp("outputs"))
+    return run(ROOT / "params" / "smoke.yaml", overrides={"run.output_root": root})

@@ -1,0 +1,100 @@
+"""Shared plumbing: data-folder resolution, atomic writes, JSONL accounting, resumable shards."""
+import gzip
+import json
+
+import pytest
+
+from phi_lib.io import ReadStats, ShardedJsonlWriter, atomic_write_text, read_jsonl
+from phi_lib.paths import MissingDataError, data_path, resolve
+
+pytestmark = pytest.mark.unit
+
+
+def test_resolve_local_then_hub_then_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PHI_DATA", str(tmp_path))
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "x.jsonl").write_text("{}\n")
+    assert resolve("benchmarks/x.jsonl") == tmp_path / "benchmarks" / "x.jsonl"
+    assert resolve("benchmarks/y.jsonl", hub="org/y", hub_loader=lambda h: f"hub:{h}") == "hub:org/y"
+
+    def offline(name):
+        raise ConnectionError("no route to huggingface.co")
+
+    with pytest.raises(MissingDataError) as e:
+        resolve("benchmarks/y.jsonl", hub="org/y", hub_loader=offline)
+    msg = str(e.value)
+    assert str(tmp_path / "benchmarks" / "y.jsonl") in msg and "'org/y'" in msg and "no route" in msg
+    with pytest.raises(MissingDataError, match="no hub fallback"):
+        resolve("benchmarks/y.jsonl")
+
+
+def test_no_data_folder_is_named(monkeypatch):
+    monkeypatch.delenv("PHI_DATA", raising=False)
+    assert data_path("tokenizers") is None
+    with pytest.raises(MissingDataError, match="no data folder is set"):
+        resolve("tokenizers/gpt2")
+
+
+def test_shared_data_folder_is_found():
+    assert data_path("tokenizers/codegen-350M-mono/tokenizer.json") is not None
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    p = tmp_path / "a.txt"
+    atomic_write_text(p, "old")
+
+    class Boom(Exception):
+        pass
+
+    from phi_lib.io import atomic_open
+
+    with pytest.raises(Boom):
+        with atomic_open(p) as f:
+            f.write("half")
+            raise Boom
+    assert p.read_text() == "old"
+    assert [x.name for x in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_read_jsonl_counts_corrupt_lines(tmp_path):
+    p = tmp_path / "a.jsonl"
+    p.write_text('{"text": "a"}\nnot json\n[1, 2]\n\n{"text": "b"}\n')
+    stats = ReadStats()
+    assert [r["text"] for r in read_jsonl(p, stats)] == ["a", "b"]
+    assert stats.records == 2 and stats.n_corrupt == 2
+    assert stats.corrupt[0][1] == 2 and "invalid JSON" in stats.corrupt[0][2]
+    assert "2 corrupt" in stats.summary()
+
+
+def test_read_truncated_gzip_is_reported(tmp_path):
+    p = tmp_path / "a.jsonl.gz"
+    blob = gzip.compress(b"".join(json.dumps({"i": i}).encode() + b"\n" for i in range(2000)))
+    p.write_bytes(blob[: len(blob) // 2])
+    stats = ReadStats()
+    got = list(read_jsonl(p, stats))
+    assert 0 < len(got) < 2000 and stats.n_corrupt >= 1
+    assert "unreadable" in stats.corrupt[-1][2]
+
+
+def test_sharded_writer_resumes_without_loss_or_duplicates(tmp_path):
+    w = ShardedJsonlWriter(tmp_path, shard_size=3)
+    for i in range(7):
+        w.write({"id": i})
+    # killed here: shards 0 and 1 sealed, record 6 only in the partial file (no close())
+    w2 = ShardedJsonlWriter(tmp_path, shard_size=3)
+    assert len(w2) == 7 and w2.has(6)
+    for i in range(10):  # the rerun tries everything again
+        w2.write({"id": i})
+    w2.close()
+    ids = [r["id"] for s in w2.shards() for r in read_jsonl(s)]
+    assert sorted(ids) == list(range(10))
+
+
+def test_sharded_writer_drops_torn_last_line(tmp_path):
+    w = ShardedJsonlWriter(tmp_path, shard_size=100)
+    w.write({"id": "a"})
+    w.write({"id": "b"})
+    with open(tmp_path / ".shard.partial", "a") as f:
+        f.write('{"id": "c", "te')  # killed mid-write
+    w2 = ShardedJsonlWriter(tmp_path, shard_size=100)
+    assert w2.has("a") and w2.has("b") and not w2.has("c")
