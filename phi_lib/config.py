@@ -246,9 +246,12 @@ class PhaseConfig:
     """A phase of a phased schedule (phi-3: web first, then filtered web + synthetic)."""
 
     until_tokens: int = 0
-    """The phase lasts until this many training tokens (cumulative)."""
+    """The phase lasts until this many training tokens (cumulative; the last phase ends at
+    `mix.total_tokens`)."""
     weights: dict[str, float] = field(default_factory=dict)
     """Source weights in this phase (names of `mix.sources`), summing to 1."""
+    name: str = ""
+    """Label in tables and plots; empty = `phase N`."""
 
     def check(self) -> None:
         _positive("until_tokens", self.until_tokens)
@@ -272,7 +275,11 @@ class MixConfig:
     max_epochs_warning: float = 10.0
     """Warn when a source is repeated more epochs than this."""
     num_proc: int = 2
-    """Tokenizer worker processes."""
+    """Tokenizer worker processes (1 = tokenize in the calling process)."""
+    batch_docs: int = 512
+    """Documents per tokenizer batch (one task of a worker)."""
+    shard_tokens: int = 268_435_456
+    """Tokens per packed `.bin` shard (512 MiB of uint16), rounded down to whole windows."""
     phases: list[PhaseConfig] = field(default_factory=list)
     """Optional phase schedule (phi-3); empty = one phase with the source weights."""
 
@@ -280,7 +287,15 @@ class MixConfig:
         _positive("total_tokens", self.total_tokens)
         _positive("seq_len", self.seq_len)
         _fraction("val_fraction", self.val_fraction)
+        _positive("max_epochs_warning", self.max_epochs_warning)
         _positive("num_proc", self.num_proc)
+        _positive("batch_docs", self.batch_docs)
+        if self.shard_tokens < self.seq_len:
+            _fail("shard_tokens", f"must hold at least one window of seq_len={self.seq_len}, "
+                  f"got {self.shard_tokens}")
+        if self.seq_len > self.total_tokens:
+            _fail("seq_len", f"a window ({self.seq_len}) is longer than the budget "
+                  f"total_tokens={self.total_tokens}")
         if self.sources:
             _sums_to_one("sources", {k: s.weight for k, s in self.sources.items()}, suffix=".weight")
         for i, ph in enumerate(self.phases):
@@ -288,8 +303,11 @@ class MixConfig:
                 if name not in self.sources:
                     _fail(f"phases.{i}.weights.{name}", _unknown(name, self.sources, "source"))
         ends = [ph.until_tokens for ph in self.phases]
-        if ends != sorted(ends):
-            _fail("phases", "phases must be ordered by until_tokens")
+        if ends != sorted(set(ends)):
+            _fail("phases", f"phases must be strictly ordered by until_tokens, got {ends}")
+        if ends and ends[-1] != self.total_tokens:
+            _fail(f"phases.{len(ends) - 1}.until_tokens", f"the last phase must end at "
+                  f"total_tokens={self.total_tokens}, got {ends[-1]}")
 
 
 # ----------------------------------------------------------------------------- 04 model

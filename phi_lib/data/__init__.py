@@ -1,0 +1,29 @@
+"""Stage 03: data mixing, tokenization and packing (phi-1.5 sec. 2, phi-3 phases).
+
+    from phi_lib.data import MixBuilder, PackedDataset, plan_mixture, to_hf_dataset
+
+Modules: `sources` (where documents come from), `tokenize` (resumable multi-process token
+caches), `mixture` (tokens and epochs per source), `pack` (windows and shards), `loader`
+(the training dataset), `hf` (the packed output as a `datasets.Dataset`), `build` (the
+stage, step by step). `tokenizer` (the codegen tokenizer) is shared with other stages.
+Names are imported lazily so `import phi_lib.data.tokenizer` stays light.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "MixBuilder": "phi_lib.data.build",
+    "PackedDataset": "phi_lib.data.loader",
+    "plan_mixture": "phi_lib.data.mixture",
+    "MixturePlan": "phi_lib.data.mixture",
+    "MixtureWarning": "phi_lib.data.mixture",
+    "to_hf_dataset": "phi_lib.data.hf",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'phi_lib.data' has no attribute {name!r}")

@@ -1,0 +1,176 @@
+"""Stage 03 end to end, one step per notebook cell:
+
+    mix = MixBuilder(cfg, out)
+    mix.tokenize()       # per-source token caches (multi-process, resumable) -> sources table
+    mix.plan()           # tokens and epochs per source for the budget (+ warnings)
+    mix.pack()           # train/val windows as uint16 shards + index + mix.json
+    mix.write_manifest() # the stage contract read by the report
+
+Deterministic by `run.seed`: the validation split, each source's epoch permutations and
+the interleaving of sources all derive from it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from phi_lib.config import Config
+from phi_lib.data.mixture import MixturePlan, plan_mixture
+from phi_lib.data.pack import train_order, val_order, write_split
+from phi_lib.data.sources import Source, resolve_source
+from phi_lib.data.tokenize import TokenizedSource, tokenize_source
+from phi_lib.io import atomic_write_json, write_manifest
+
+
+class MixBuilder:
+    """Builds `<run>/03_mix/` from `cfg.mix`."""
+
+    def __init__(self, cfg: Config, out: Path, progress: bool = True):
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.mc = cfg.mix
+        self.sources: dict[str, Source] = {}
+        self.tokenized: dict[str, TokenizedSource] = {}
+        self.train_mask: dict[str, np.ndarray] = {}
+        self.val_mask: dict[str, np.ndarray] = {}
+        self.mixture: Optional[MixturePlan] = None
+        self.mix_info: Optional[dict] = None
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ steps
+    def resolve(self) -> dict[str, Source]:
+        """Find every source first, so a missing one fails before any work."""
+        if not self.mc.sources:
+            raise ValueError("mix.sources is empty: name at least one source")
+        self.sources = {n: resolve_source(n, s.path, s.hf_dataset, text_field=s.text_field,
+                                          run_dir=self.cfg.run_dir, data_dir=self.cfg.run.data_dir)
+                        for n, s in self.mc.sources.items()}
+        return self.sources
+
+    def tokenize(self):
+        """Tokenize each source (cached under `tokenized/`); returns the sources table."""
+        if not self.sources:
+            self.resolve()
+        t0 = time.time()
+        for name, src in self.sources.items():
+            self.tokenized[name] = tokenize_source(
+                src, self.out / "tokenized" / name, self.mc.tokenizer, data_dir=self.cfg.run.data_dir,
+                num_proc=self.mc.num_proc, batch_docs=self.mc.batch_docs, progress=self.progress)
+            ts = self.tokenized[name]
+            self.val_mask[name] = ts.is_val(self.cfg.run.seed, self.mc.val_fraction)
+            self.train_mask[name] = ~self.val_mask[name]
+        self.timings["tokenize_s"] = round(time.time() - t0, 2)
+        return self.sources_table()
+
+    def sources_table(self):
+        import pandas as pd
+
+        rows = []
+        for name, ts in self.tokenized.items():
+            tr, va = self.train_mask[name], self.val_mask[name]
+            rows.append({"source": name, "where": self.sources[name].describe(),
+                         "records": ts.state.get("read_records", 0), "docs": ts.n_docs,
+                         "train_docs": int(tr.sum()), "val_docs": int(va.sum()),
+                         "train_tokens": int((ts.lengths[tr] + 1).sum()),
+                         "val_tokens": int((ts.lengths[va] + 1).sum()),
+                         "corrupt": ts.state.get("corrupt", 0), "empty": ts.state.get("empty", 0)})
+        return pd.DataFrame(rows).set_index("source")
+
+    def plan(self) -> MixturePlan:
+        """Token targets and epochs per source (warns past `max_epochs_warning`)."""
+        if not self.tokenized:
+            self.tokenize()
+        avail = {n: int((ts.lengths[self.train_mask[n]] + 1).sum()) for n, ts in self.tokenized.items()}
+        docs = {n: int(self.train_mask[n].sum()) for n in self.tokenized}
+        phases = [(p.until_tokens, p.weights) for p in self.mc.phases] or None
+        names = [p.name or f"phase {i + 1}" for i, p in enumerate(self.mc.phases)] or None
+        self.mixture = plan_mixture(avail, {n: s.weight for n, s in self.mc.sources.items()},
+                                    self.mc.total_tokens, phases, phase_names=names,
+                                    available_docs=docs, max_epochs_warning=self.mc.max_epochs_warning)
+        return self.mixture
+
+    def pack(self):
+        """Write the train/val windows and `mix.json`; returns a table of the splits."""
+        import pandas as pd
+
+        from phi_lib.data.tokenizer import load_tokenizer
+
+        if self.mixture is None:
+            self.plan()
+        t0 = time.time()
+        tok = load_tokenizer(self.mc.tokenizer, data_dir=self.cfg.run.data_dir)
+        seed = self.cfg.run.seed
+        splits = {"train": write_split(self.out / "train", train_order(
+            self.mixture, self.tokenized, self.train_mask, seed), self.tokenized, seq_len=self.mc.seq_len,
+            shard_tokens=self.mc.shard_tokens, eos_id=tok.eos_id, max_tokens=self.mc.total_tokens,
+            progress=self.progress)}
+        if self.mc.val_fraction > 0:
+            splits["val"] = write_split(self.out / "val", val_order(list(self.tokenized), self.val_mask, seed),
+                                        self.tokenized, seq_len=self.mc.seq_len,
+                                        shard_tokens=self.mc.shard_tokens, eos_id=tok.eos_id,
+                                        progress=self.progress)
+            if splits["val"].n_windows == 0:
+                import warnings
+
+                warnings.warn(f"the validation split has fewer than seq_len={self.mc.seq_len} "
+                              "tokens: no validation windows (raise mix.val_fraction)")
+        self.timings["pack_s"] = round(time.time() - t0, 2)
+        table = self.sources_table()
+        self.mix_info = {
+            "seq_len": self.mc.seq_len, "dtype": "uint16", "tokenizer": self.mc.tokenizer,
+            "eos_id": tok.eos_id, "vocab_size": len(tok), "seed": seed,
+            "val_fraction": self.mc.val_fraction,
+            "splits": {k: {"n_windows": v.n_windows, "n_tokens": v.n_tokens, "n_docs": v.n_docs,
+                           "dropped_tail_tokens": v.dropped_tail_tokens, "shards": v.shards,
+                           "phases": v.phases, "tokens_by_source": v.tokens_by_source}
+                       for k, v in splits.items()},
+            "sources": {n: {**{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()},
+                            "corrupt_examples": self.tokenized[n].state.get("corrupt_examples", [])}
+                        for n, row in table.to_dict("index").items()},
+            "plan": self.mixture.to_dict(),
+        }
+        atomic_write_json(self.out / "mix.json", self.mix_info)  # last: marks the mix complete
+        return pd.DataFrame([{"split": k, "windows": v.n_windows, "tokens": v.n_tokens,
+                              "documents": v.n_docs, "shards": len(v.shards),
+                              "dropped_tail_tokens": v.dropped_tail_tokens}
+                             for k, v in splits.items()]).set_index("split")
+
+    def samples(self, n: int = 3, split: str = "train", chars: int = 400):
+        """The first `n` windows decoded, EOS shown as the tokenizer writes it (a DataFrame)."""
+        import pandas as pd
+
+        from phi_lib.data.loader import PackedDataset
+        from phi_lib.data.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(self.mc.tokenizer, data_dir=self.cfg.run.data_dir)
+        ds = PackedDataset(self.out, split)
+        rows = [{"window": i, "doc_starts": ds.doc_starts(i).tolist(),
+                 "text": tok.decode(ds[i].tolist())[:chars]} for i in range(min(n, len(ds)))]
+        return pd.DataFrame(rows).set_index("window")
+
+    def write_manifest(self) -> dict:
+        if self.mix_info is None:
+            raise RuntimeError("pack() first")
+        fig = "mixture.png"
+        if not (self.out / fig).is_file():
+            import matplotlib.pyplot as plt
+
+            plt.close(self.mixture.plot(self.out / fig))
+        plan = self.mixture
+        metrics = {"total_tokens": plan.total_tokens, "unique_tokens": plan.unique_tokens,
+                   "epochs": round(plan.epochs, 4),
+                   "train_windows": self.mix_info["splits"]["train"]["n_windows"],
+                   "val_windows": self.mix_info["splits"].get("val", {}).get("n_windows", 0)}
+        realized = self.mix_info["splits"]["train"]["tokens_by_source"]
+        packed = max(1, self.mix_info["splits"]["train"]["n_tokens"])
+        for n, s in plan.sources.items():  # as written (whole documents), not as planned
+            metrics[f"share/{n}"] = round(realized[n] / packed, 4)
+            metrics[f"epochs/{n}"] = round(realized[n] / max(1, s.available_tokens), 4)
+        counts = {}
+        for n, info in self.mix_info["sources"].items():
+            counts.update({f"{n}/docs": info["docs"], f"{n}/corrupt": info["corrupt"],
+                           f"{n}/empty": info["empty"], f"{n}/val_docs": info["val_docs"]})
+        return write_manifest(self.out, self.cfg, "03", metrics=metrics, counts=counts,
+                              figures=[fig], timings=self.timings, warnings=plan.warnings)
