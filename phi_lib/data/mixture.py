@@ -105,6 +105,7 @@ class MixturePlan:
     def plot(self, path: Union[str, Path, None] = None):
         """Tokens per source (unique vs repeated) and the phase schedule; saved if `path`."""
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import EngFormatter
 
         names = list(self.sources)
         n_axes = 2 if len(self.phases) > 1 else 1
@@ -122,7 +123,8 @@ class MixturePlan:
         ax.set_title(f"mixture: {self.total_tokens:,} tokens, {self.epochs:.2f} epochs overall",
                      fontsize=9)
         ax.legend(fontsize=8, loc="lower right")
-        ax.margins(x=0.3)
+        ax.set_xlim(0, 1.4 * max(s.target_tokens for s in self.sources.values()))
+        ax.xaxis.set_major_formatter(EngFormatter())
         if n_axes == 2:
             ax2 = axes[0][1]
             left = [0.0] * len(self.phases)
@@ -133,6 +135,7 @@ class MixturePlan:
                 left = [a + b for a, b in zip(left, vals)]
             ax2.invert_yaxis()
             ax2.set_xlabel("tokens")
+            ax2.xaxis.set_major_formatter(EngFormatter())
             ax2.set_title("phase schedule", fontsize=9)
             ax2.legend(fontsize=8)
         fig.tight_layout()
