@@ -1,0 +1,133 @@
+"""Sizing a phi model before training it: parameters, FLOPs per token, memory per GPU.
+
+Everything here is arithmetic on the config (no weights), so it is instant for any size;
+`tests/test_model_planning.py` checks `param_count` against a model built on the meta device
+and the published counts of the real models.
+"""
+from __future__ import annotations
+
+from phi_lib.model.config import PhiConfig
+
+GB = 1024 ** 3
+PRECISIONS = ("fp16", "bf16", "fp32")
+
+
+def param_count(config: PhiConfig) -> dict[str, int]:
+    """Parameters by component: embedding, attention, mlp, norms, lm_head, total, non_embedding."""
+    h, i, n_layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    q = config.num_attention_heads * config.head_dim
+    kv = config.num_key_value_heads * config.head_dim
+    if config.arch == "phi":
+        attention = h * (q + 2 * kv) + (q + 2 * kv) + q * h + h            # q,k,v,dense + biases
+        if config.qk_layernorm:
+            attention += 4 * config.head_dim
+        mlp = h * i + i + i * h + h                                        # fc1, fc2 + biases
+        norms = 2 * h                                                      # one LayerNorm (w, b)
+        final_norm = 2 * h
+        lm_head = h * config.vocab_size + config.vocab_size
+    else:
+        attention = h * (q + 2 * kv) + q * h                               # qkv_proj, o_proj
+        mlp = h * 2 * i + i * h                                            # gate_up, down
+        norms = 2 * h                                                      # two RMSNorms
+        final_norm = h
+        lm_head = h * config.vocab_size
+    embedding = config.vocab_size * h
+    if config.tie_word_embeddings:
+        lm_head -= h * config.vocab_size
+    counts = {
+        "embedding": embedding,
+        "attention": n_layers * attention,
+        "mlp": n_layers * mlp,
+        "norms": n_layers * norms + final_norm,
+        "lm_head": lm_head,
+    }
+    counts["total"] = sum(counts.values())
+    counts["non_embedding"] = counts["total"] - embedding
+    return counts
+
+
+def flops_per_token(config: PhiConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward), the denominator of MFU.
+
+    6 N for the matmuls over the N parameters a token passes through (all but the input
+    embedding, which is a lookup), plus 12 L d T for attention scores and their weighted sum
+    over a context of T (the PaLM appendix B formula; no credit for causal masking).
+    """
+    n = param_count(config)["non_embedding"]
+    attention = 12 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * seq_len
+    return 6.0 * n + attention
+
+
+def memory_per_gpu(config: PhiConfig, zero_stage: int, precision: str, n_gpus: int,
+                   micro_batch_size: int, seq_len: int, *, activation_checkpointing: bool = False,
+                   flash_attention: bool = True) -> dict[str, float]:
+    """Training memory per GPU in GB: params, grads, optimizer_states, activations, total.
+
+    Mixed precision with Adam (ZeRO paper, sec. 3): 16-bit params (2 B) and grads (2 B), fp32
+    master params + momentum + variance (12 B); fp32 training keeps 4 + 4 + 8 B. ZeRO-1
+    partitions the optimizer states over the GPUs, ZeRO-2 also the gradients, ZeRO-3 also the
+    parameters. Activations follow Korthikanti et al. 2022 for one micro batch, adapted to the
+    phi block (see `activation_bytes`). Buffers, fragmentation and the CUDA context (~1-3 GB)
+    are not included.
+    """
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0-3, got {zero_stage}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if n_gpus < 1:
+        raise ValueError(f"n_gpus must be >= 1, got {n_gpus}")
+    n = param_count(config)["total"]
+    p_bytes, g_bytes, o_bytes = (4, 4, 8) if precision == "fp32" else (2, 2, 12)
+    params = n * p_bytes / (n_gpus if zero_stage >= 3 else 1)
+    grads = n * g_bytes / (n_gpus if zero_stage >= 2 else 1)
+    optimizer = n * o_bytes / (n_gpus if zero_stage >= 1 else 1)
+    acts = activation_bytes(config, micro_batch_size, seq_len, precision,
+                            activation_checkpointing=activation_checkpointing,
+                            flash_attention=flash_attention)
+    out = {"params": params / GB, "grads": grads / GB, "optimizer_states": optimizer / GB,
+           "activations": acts / GB}
+    out["total"] = sum(out.values())
+    return out
+
+
+def activation_bytes(config: PhiConfig, micro_batch_size: int, seq_len: int, precision: str = "bf16",
+                     *, activation_checkpointing: bool = False, flash_attention: bool = True) -> float:
+    """Bytes of activations kept for the backward pass of one micro batch.
+
+    Per phi block (s tokens, b rows, h width, i MLP width, 16-bit = 2 B per value):
+    LayerNorm input 2sbh, its output (shared by attention and MLP) 2sbh, q/k/v 6sbh,
+    attention output 2sbh, fc1 output 2sbi, gelu output 2sbi, two dropout masks 2sbh when
+    dropout is on; without flash attention also the softmax 2as^2b (+ its dropout mask as^2b).
+    The phi-3 block adds a second norm (4sbh) and its SwiGLU keeps gate+up 4sbi and their
+    product 2sbi. The LM head keeps logits and their log-softmax in fp32 (8 B x s b V).
+    With activation checkpointing only each block's input (2sbh) is kept, plus one block's
+    worth during recomputation.
+    """
+    s, b, h, i = seq_len, micro_batch_size, config.hidden_size, config.intermediate_size
+    a = config.num_attention_heads
+    word = 4 if precision == "fp32" else 2
+    if config.arch == "phi":
+        per_layer = (2 + 2 + 6 + 2) * s * b * h * word / 2 + 2 * s * b * i * word
+    else:
+        per_layer = (2 + 2 + 6 + 2 + 4) * s * b * h * word / 2 + 3 * s * b * i * word
+    if config.resid_pdrop > 0:
+        per_layer += 2 * s * b * h  # 1-byte masks
+    if not flash_attention:
+        per_layer += a * s * s * b * word + (a * s * s * b if config.attention_dropout > 0 else 0)
+    logits = 8 * s * b * config.vocab_size
+    if activation_checkpointing:
+        layers = config.num_hidden_layers * s * b * h * word + per_layer
+    else:
+        layers = config.num_hidden_layers * per_layer
+    return float(layers + logits)
+
+
+def memory_table(config: PhiConfig, n_gpus: int, micro_batch_size: int, seq_len: int,
+                 precisions=("fp16", "bf16"), stages=(0, 1, 2, 3)) -> list[dict]:
+    """Rows of `memory_per_gpu` for each ZeRO stage x precision (the notebook's table)."""
+    rows = []
+    for zero in stages:
+        for prec in precisions:
+            gb = memory_per_gpu(config, zero, prec, n_gpus, micro_batch_size, seq_len)
+            rows.append({"zero_stage": zero, "precision": prec, **{k: round(v, 2) for k, v in gb.items()}})
+    return rows
