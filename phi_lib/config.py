@@ -341,6 +341,16 @@ class ModelConfig:
     """`auto` (flash-attn 2 on CUDA when installed, else SDPA), `flash_attention_2`, `sdpa`, `eager`."""
     gpus: int = 8
     """GPU count for the memory planner of notebook 04."""
+    plan_micro_batch_size: int = 8
+    """Sequences per GPU per forward assumed by the memory planner of notebook 04."""
+    plan_seq_len: Optional[int] = None
+    """Sequence length assumed by the planner (FLOPs, activations); empty = the context length."""
+    sample_prompts: list[str] = field(default_factory=lambda: [
+        "def print_prime(n):\n    \"\"\"\n    Print all primes between 1 and n\n    \"\"\"\n",
+        "Alice was so tired when she got back home so she went"])
+    """Prompts of notebook 04's sample generation (from the phi-1 and phi-1.5 papers)."""
+    sample_max_new_tokens: int = 32
+    """New tokens per sample in notebook 04."""
 
     def check(self) -> None:
         _one_of("preset", self.preset,
@@ -355,10 +365,15 @@ class ModelConfig:
             if getattr(self, name) is not None:
                 _fraction(name, getattr(self, name))
         _positive("gpus", self.gpus)
+        _positive("plan_micro_batch_size", self.plan_micro_batch_size)
+        if self.plan_seq_len is not None:
+            _positive("plan_seq_len", self.plan_seq_len)
+        _positive("sample_max_new_tokens", self.sample_max_new_tokens)
 
     def overrides(self) -> dict[str, Any]:
         """The architecture fields set in the params, to apply over the preset."""
-        skip = {"preset", "attn_implementation", "gpus"}
+        skip = {"preset", "attn_implementation", "gpus", "plan_micro_batch_size", "plan_seq_len",
+                "sample_prompts", "sample_max_new_tokens"}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name not in skip and getattr(self, f.name) is not None}
 
@@ -370,8 +385,10 @@ class FinetuneConfig:
 
     enabled: bool = False
     """Run the finetune after pretraining, starting from its last checkpoint."""
-    source: str = "code_exercises"
-    """Mixture source (name in `mix.sources`) the finetune trains on."""
+    source: str = "01_synthesize/code_exercises"
+    """Documents to finetune on: a name in `mix.sources`, or a path as in `mix.sources.*.path`
+    (a stage output such as `01_synthesize/code_exercises`, or a corpus path); stage 05 packs
+    them with the mix tokenizer and `mix.seq_len` into `05_train/finetune_data/`."""
     lr: float = 1e-4
     """Peak learning rate."""
     warmup_steps: int = 50
@@ -456,8 +473,23 @@ class TrainConfig:
     """ZeRO-2 all-gather bucket (elements)."""
     overlap_comm: bool = True
     """Overlap gradient reduction with the backward pass."""
+    master_port: int = 29500
+    """Rendezvous port of the DeepSpeed/torchrun launchers."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files (`05_train/tensorboard/`) beside metrics.jsonl."""
+    peak_tflops: Optional[float] = None
+    """Peak dense TFLOP/s of one device for MFU; empty = the datasheet value of known GPUs
+    (A100 312, H100 989 at bf16/fp16) or, on CPU, a measured fp32 matmul rate."""
     init_from: Optional[str] = None
     """Start from this checkpoint (HF format) instead of random init."""
+    plan_gpus: list[int] = field(default_factory=lambda: [8, 32, 64, 128])
+    """GPU counts the notebook's planner projects the full run on."""
+    plan_tokens: int = 150_000_000_000
+    """Tokens of the run the planner projects (phi-1.5: 150B)."""
+    plan_gpu: str = "A100"
+    """GPU the planner projects on (`A100` or `H100`, 80GB)."""
+    paper_gpu_hours: float = 1500.0
+    """The paper's reported cost to compare against (phi-1.5: 1.5K A100-hours)."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """Optional finetune after pretraining (phi-1 CodeExercises)."""
 
@@ -481,6 +513,25 @@ class TrainConfig:
             _fail("warmup_steps", f"{self.warmup_steps} exceeds max_steps {self.max_steps}")
         if self.num_nodes > 1 and not self.hostfile:
             _fail("hostfile", "a multi-node run (num_nodes > 1) needs a hostfile")
+        world = self.world_size
+        for name, gbs in (("global_batch_size", self.global_batch_size),
+                          ("finetune.global_batch_size", self.finetune.global_batch_size)):
+            if name.startswith("finetune") and not self.finetune.enabled:
+                continue
+            if gbs % (self.micro_batch_size * world):
+                _fail(name, f"{gbs} is not a multiple of micro_batch_size x processes = "
+                      f"{self.micro_batch_size} x {world}")
+        if self.peak_tflops is not None:
+            _positive("peak_tflops", self.peak_tflops)
+        _positive("plan_tokens", self.plan_tokens)
+        _one_of("plan_gpu", self.plan_gpu, ("A100", "H100"))
+        for n in self.plan_gpus:
+            _positive("plan_gpus", n)
+
+    @property
+    def world_size(self) -> int:
+        """Training processes: 1 for the single launcher, else GPUs per node x nodes."""
+        return 1 if self.launcher == "single" else self.num_gpus * self.num_nodes
 
 
 # ----------------------------------------------------------------------------- 06 evaluate

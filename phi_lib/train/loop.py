@@ -1,0 +1,250 @@
+"""The training loop of one rank: phases, accumulation, validation, logging, checkpoints.
+
+    Trainer(cfg, out).run()       # what `python -m phi_lib.train` runs in every process
+
+Per optimizer step: `accumulation` micro-batches of the packed stream (this rank's share of
+the global batch), one optimizer step, the loss averaged over the global batch. Every
+`log_every` steps a metrics record (loss, lr, grad norm, loss scale, tokens/s, MFU); every
+`eval_every` the validation loss; every `save_every` (and at the end of a phase) a
+checkpoint. On start it resumes from the newest complete checkpoint: weights, optimizer,
+schedule, loss scaler, RNG and data position, so the loss curve continues exactly.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from phi_lib.config import Config
+from phi_lib.train import checkpoint as ckpt
+from phi_lib.train.deepspeed_config import accumulation_steps, write_ds_config
+from phi_lib.train.engines import DeepSpeedEngine, PlainEngine
+from phi_lib.train.errors import NonFiniteLoss
+from phi_lib.train.metrics import MetricsLog
+from phi_lib.train.mfu import mfu, peak_tflops
+from phi_lib.train.optim import make_optimizer
+from phi_lib.train.phases import Phase, plan_phases
+from phi_lib.train.schedule import make_scheduler
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out: Path, log=print):
+        self.cfg, self.tc, self.out = cfg, cfg.train, Path(out)
+        self.distributed = cfg.train.launcher != "single"
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        self.ckpt_root = self.out / "checkpoints"
+        self._print = log
+        self.phases = plan_phases(cfg, self.out)
+
+    # ------------------------------------------------------------------ helpers
+    def log(self, msg: str) -> None:
+        if self.rank == 0:
+            self._print(msg, flush=True) if self._print is print else self._print(msg)
+
+    def barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
+
+    def all_mean(self, values: torch.Tensor) -> torch.Tensor:
+        if dist.is_initialized():
+            values = values.to(self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(values)
+            values = values / self.world
+        return values
+
+    def build_model(self, init: Optional[Path]):
+        from phi_lib.model import PhiConfig, PhiForCausalLM
+
+        torch.manual_seed(self.cfg.run.seed)  # the same init on every rank and every run
+        model = PhiForCausalLM(PhiConfig.from_model_config(self.cfg.model))
+        if init is not None:
+            model.load_state_dict(ckpt.load_weights(init))
+        return model.to(self.device)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> Optional[Path]:
+        """Train every phase not finished yet; returns the last checkpoint."""
+        if self.rank == 0:
+            ckpt.clean_partial(self.ckpt_root)
+        self.barrier()
+        resume = ckpt.latest(self.ckpt_root)
+        state = ckpt.read_state(resume) if resume is not None else None
+        if state is not None:
+            self._check_compatible(state, resume)
+        for phase in self.phases:
+            if state is not None and state["step"] >= phase.last_step:
+                continue  # finished before
+            here = state is not None and state.get("phase") == phase.name
+            self.train_phase(phase, resume if here else None, state if here else None)
+            state = None
+        return ckpt.latest(self.ckpt_root)
+
+    def _check_compatible(self, state: dict, resume: Path) -> None:
+        model_hash = self.cfg.section_hash("model")
+        if state.get("model_hash") not in (None, model_hash):
+            raise RuntimeError(
+                f"{resume} was trained with a different `model` config (hash "
+                f"{state['model_hash']} vs {model_hash}): resuming would mix architectures. "
+                f"Use a new run.name or remove {self.ckpt_root}.")
+
+    def train_phase(self, phase: Phase, resume: Optional[Path], state: Optional[dict]) -> None:
+        from phi_lib.data import PackedDataset
+
+        tc = self.tc
+        init = resume if resume is not None else phase.init_from
+        if init is not None and not (Path(init) / "config.json").is_file():
+            raise FileNotFoundError(f"{phase.name}: start checkpoint {init} not found")
+        model = self.build_model(init)
+        accumulation = accumulation_steps(phase.global_batch_size, tc.micro_batch_size, self.world)
+        optimizer = make_optimizer(model, tc.optimizer, phase.lr, tc.betas, tc.eps, phase.weight_decay)
+        scheduler = make_scheduler(optimizer, tc.schedule, phase.warmup_steps, phase.steps)
+        if self.distributed:
+            suffix = "" if phase.name == "pretrain" else f"_{phase.name}"
+            ds_path = self.out / f"ds_config{suffix}.json"
+            if self.rank == 0:
+                write_ds_config(tc, ds_path, global_batch_size=phase.global_batch_size,
+                                world_size=self.world)
+            self.barrier()
+            from phi_lib.io import read_json
+
+            engine = DeepSpeedEngine(model, optimizer, scheduler, read_json(ds_path), tc.precision)
+        else:
+            engine = PlainEngine(model, optimizer, scheduler, precision=tc.precision,
+                                 grad_clip=tc.grad_clip, accumulation=accumulation,
+                                 initial_scale_power=tc.initial_scale_power,
+                                 loss_scale_window=tc.loss_scale_window,
+                                 min_loss_scale=tc.min_loss_scale)
+        step, sample, tokens = phase.offset, 0, 0
+        if resume is not None:
+            if not engine.load(resume):
+                warnings.warn(f"{resume} has no optimizer state for this launcher: resuming "
+                              "with the weights only (fresh optimizer and schedule)")
+            ckpt.load_rng(resume, self.rank)
+            step, sample, tokens = state["step"], state["sample"], state["tokens"]
+            self.log(f"[{phase.name}] resumed from {resume.name}: step {step}, sample {sample}")
+        else:
+            self.log(f"[{phase.name}] starting at step {step + 1}"
+                     + (f" from {phase.init_from}" if phase.init_from else " from random init"))
+
+        train_ds = PackedDataset(phase.data_dir, "train")
+        try:
+            val_ds = PackedDataset(phase.data_dir, "val")
+        except FileNotFoundError:
+            val_ds = None
+        seq_len = train_ds.seq_len
+        from phi_lib.model.planning import flops_per_token
+
+        fpt = flops_per_token(model.config, seq_len)
+        peak = peak_tflops(self.device, tc.precision, tc.peak_tflops)
+        tokens_per_step = phase.global_batch_size * seq_len
+        metrics = MetricsLog(self.out, resume_step=step, tensorboard=tc.tensorboard) \
+            if self.rank == 0 else None
+        self.log(f"[{phase.name}] {self.world} process(es) x micro {tc.micro_batch_size} x "
+                 f"accumulation {accumulation} = {phase.global_batch_size} sequences of {seq_len} "
+                 f"tokens per step; {tc.precision}; steps {step + 1}..{phase.last_step}")
+
+        batches = train_ds.iter_batches(tc.micro_batch_size, self.rank, self.world,
+                                        start_sample=sample, seed=self.cfg.run.seed)
+        engine.train()
+        window_t0, window_steps, last_val = time.perf_counter(), 0, None
+        try:
+            while step < phase.last_step:
+                step += 1
+                lr = engine.lr  # the lr this step's update uses
+                micro_losses = []
+                for _ in range(accumulation):
+                    input_ids, sample = next(batches)
+                    micro_losses.append(engine.micro_step(input_ids.to(self.device, non_blocking=True)))
+                info = engine.finish_step()
+                loss = float(self.all_mean(torch.stack(micro_losses).mean().float().reshape(1)))
+                tokens += tokens_per_step
+                window_steps += 1
+                if not math.isfinite(loss):
+                    raise NonFiniteLoss(step, loss, ckpt.latest(self.ckpt_root))
+                end = step == phase.last_step
+                record = None
+                if step % tc.log_every == 0 or end:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    dt = time.perf_counter() - window_t0
+                    tps = window_steps * tokens_per_step / dt
+                    record = {"step": step, "phase": phase.name, "train_loss": loss,
+                              "lr": lr,
+                              "grad_norm": info["grad_norm"], "loss_scale": info["loss_scale"],
+                              "skipped_steps": engine.skipped_steps, "tokens": tokens,
+                              "tokens_per_s": tps, "mfu": mfu(tps, fpt, peak, self.world),
+                              "step_time_s": dt / window_steps}
+                    window_t0, window_steps = time.perf_counter(), 0
+                if val_ds is not None and (step % tc.eval_every == 0 or end):
+                    last_val = self.validate(engine, val_ds)
+                    record = record or {"step": step, "phase": phase.name}
+                    record["val_loss"] = last_val
+                if record is not None and metrics is not None:
+                    metrics.log(record)
+                    self.log(" | ".join(f"{k} {_fmt(v)}" for k, v in record.items()))
+                if step % phase.save_every == 0 or end:
+                    self.save(engine, phase, step, sample, tokens, loss, last_val)
+                    window_t0 = time.perf_counter()  # checkpoint time is not training time
+        finally:
+            if metrics is not None:
+                metrics.close()
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self, engine, val_ds) -> float:
+        """Mean next-token loss over up to `eval_batches` micro-batches per rank of val."""
+        from phi_lib.train.engines import lm_loss
+
+        mb = self.tc.micro_batch_size
+        n = max(1, min(self.tc.eval_batches, len(val_ds) // (mb * self.world)))
+        engine.train(False)
+        total = torch.zeros(1, dtype=torch.float64)
+        for _, (input_ids, _) in zip(range(n), val_ds.iter_batches(mb, self.rank, self.world, seed=0)):
+            input_ids = input_ids.to(self.device)
+            total += lm_loss(engine.forward(input_ids), input_ids).double().cpu()
+        engine.train(True)
+        return float(self.all_mean(total / n))
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, engine, phase: Phase, step: int, sample: int, tokens: int, loss: float,
+             val_loss: Optional[float]) -> None:
+        tmp = ckpt.tmp_dir(self.ckpt_root, step)
+        if self.rank == 0:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.barrier()
+        engine.save(tmp, self.rank)
+        ckpt.save_rng(tmp, self.rank)
+        self.barrier()
+        if self.rank == 0:
+            state = {"step": step, "phase": phase.name, "phase_step": step - phase.offset,
+                     "sample": sample, "tokens": tokens, "train_loss": loss, "val_loss": val_loss,
+                     "world_size": self.world, "launcher": self.tc.launcher,
+                     "precision": self.tc.precision, "model_hash": self.cfg.section_hash("model"),
+                     "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            final = ckpt.finalize(self.ckpt_root, step, state)
+            protect = tuple(p.last_step for p in self.phases[:-1])  # the finetune's start
+            removed = ckpt.prune(self.ckpt_root, self.tc.keep_last, protect)
+            self.log(f"saved {final}" + (f" (pruned {removed})" if removed else ""))
+        self.barrier()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,43 @@
+"""The stage's manifest numbers and final figure, from metrics.jsonl and the checkpoints."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from phi_lib.train import checkpoint as ckpt
+from phi_lib.train.metrics import last_value, read_metrics
+from phi_lib.train.plots import plot_metrics
+
+FIGURE = "training.png"
+
+
+def summarize(out: Path, skip_first: int = 1) -> dict:
+    """{metrics, counts, figures} for `write_manifest`: final train/val loss, tokens/s and
+    MFU (mean over logged windows, the first `skip_first` excluded as warm-up)."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    records = read_metrics(out / "metrics.jsonl")
+    if not records:
+        raise FileNotFoundError(f"{out / 'metrics.jsonl'} is empty: training has not run")
+    speed = [r for r in records if r.get("tokens_per_s") is not None]
+    steady = speed[skip_first:] or speed
+    ckpts = ckpt.list_checkpoints(out / "checkpoints")
+    metrics = {
+        "final_train_loss": last_value(records, "train_loss"),
+        "final_val_loss": last_value(records, "val_loss"),
+        "first_train_loss": next((r["train_loss"] for r in records if r.get("train_loss") is not None), None),
+        "tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady) if steady else None,
+        "mfu": sum(r["mfu"] for r in steady) / len(steady) if steady else None,
+        "steps": records[-1]["step"],
+        "tokens": last_value(records, "tokens"),
+    }
+    for phase in dict.fromkeys(r.get("phase") for r in records):
+        if phase != "pretrain" and phase is not None:
+            rs = [r for r in records if r.get("phase") == phase]
+            metrics[f"{phase}_final_train_loss"] = last_value(rs, "train_loss")
+            metrics[f"{phase}_final_val_loss"] = last_value(rs, "val_loss")
+    counts = {"checkpoints": len(ckpts), "skipped_steps": last_value(records, "skipped_steps") or 0,
+              "logged_steps": len(records)}
+    plt.close(plot_metrics(records, save=out / FIGURE))
+    return {"metrics": {k: v for k, v in metrics.items() if v is not None}, "counts": counts,
+            "figures": [FIGURE], "last_checkpoint": str(ckpts[-1][1]) if ckpts else None}
