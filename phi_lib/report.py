@@ -25,25 +25,41 @@ def collect_metrics(run_dir: Path) -> dict[str, float]:
     return out
 
 
-def write_report(cfg, statuses: Optional[list] = None) -> Path:
-    run_dir = cfg.run_dir
+def stage_rows(cfg, statuses: Optional[list] = None) -> list[dict]:
+    """One row per stage: status (from this run's statuses, else from disk), time, detail."""
+    from phi_lib.run import DONE_MARKER, is_complete
+
     by_stage = {s.stage: s for s in statuses or []}
+    rows = []
+    for number, stage in STAGES.items():
+        st = by_stage.get(number)
+        if not stage.built:
+            status = "not built yet"
+        elif st is not None:
+            status = st.status
+        elif is_complete(stage, cfg):
+            status = "done"
+        else:
+            status = "stale" if (stage.dir(cfg) / DONE_MARKER).is_file() else "not run"
+        rows.append({"stage": stage.dirname, "status": status,
+                     "seconds": round(st.seconds, 1) if st and st.seconds else None,
+                     "detail": st.detail.splitlines()[0] if st and st.detail else ""})
+    return rows
+
+
+def write_report(cfg, statuses: Optional[list] = None) -> Path:
+    """Write `<run>/report.md` and `report.html`; returns the markdown path."""
+    run_dir = cfg.run_dir
     md = [f"# Run `{cfg.run.name}`", "",
           f"Params: `{cfg.params_file or '(dict)'}` - config hash `{cfg.hash()}`", "",
           "| stage | status | time (s) | detail |", "|---|---|---|---|"]
     sections = []
-    for number, stage in STAGES.items():
-        st = by_stage.get(number)
-        man_path = stage.dir(cfg) / "manifest.json"
-        man = read_json(man_path) if man_path.is_file() else None
-        status = st.status if st else ("not built" if not stage.built else "not run")
-        if not stage.built:
-            status = "not built yet"
-        detail = (st.detail.splitlines()[0] if st and st.detail else "")
-        md.append(f"| {stage.dirname} | {status} | {st.seconds:.1f} | {detail} |" if st and
-                  st.seconds else f"| {stage.dirname} | {status} | | {detail} |")
-        if man:
-            sections.append(_stage_section(stage.dirname, man))
+    for row in stage_rows(cfg, statuses):
+        secs = "" if row["seconds"] is None else f"{row['seconds']:.1f}"
+        md.append(f"| {row['stage']} | {row['status']} | {secs} | {row['detail']} |")
+        man_path = run_dir / row["stage"] / "manifest.json"
+        if man_path.is_file():
+            sections.append(_stage_section(row["stage"], read_json(man_path)))
     md += [""] + sum(sections, [])
     text = "\n".join(md) + "\n"
     path = run_dir / "report.md"
