@@ -1,0 +1,133 @@
+"""Stage 05 plumbing that needs no training: schedules, DeepSpeed JSON, checkpoints dirs,
+error classification, launch commands and host checks."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from phi_lib.config import ConfigError, load
+from phi_lib.train import checkpoint as ckpt
+from phi_lib.train.deepspeed_config import ds_config
+from phi_lib.train.errors import LaunchError, describe, is_oom
+from phi_lib.train.launch import check_hosts, command, commands, read_hostfile
+from phi_lib.train.schedule import lr_at
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.unit
+
+
+def test_schedules_match_the_papers_at_given_steps():
+    # phi-1.5: constant 2e-4, no warmup
+    for step in (0, 1, 10_000, 35_762):
+        assert lr_at(step, schedule="constant", lr=2e-4, warmup_steps=0, max_steps=35_763) == 2e-4
+    # phi-1: linear warmup over 750 steps to 1e-3, then linear decay to 0 at 36K
+    phi1 = dict(schedule="linear", lr=1e-3, warmup_steps=750, max_steps=36_000)
+    assert lr_at(0, **phi1) == 0.0
+    assert lr_at(375, **phi1) == pytest.approx(5e-4)
+    assert lr_at(750, **phi1) == pytest.approx(1e-3)
+    assert lr_at(750 + (36_000 - 750) // 2, **phi1) == pytest.approx(5e-4, rel=1e-4)
+    assert lr_at(36_000, **phi1) == 0.0
+    # the CodeExercises finetune: warmup 50 to 1e-4 over 6K steps
+    ft = dict(schedule="linear", lr=1e-4, warmup_steps=50, max_steps=6000)
+    assert lr_at(25, **ft) == pytest.approx(5e-5)
+    assert lr_at(3025, **ft) == pytest.approx(5e-5)
+    # cosine: half-way through the decay is half the peak
+    cos = dict(schedule="cosine", lr=1e-3, warmup_steps=100, max_steps=1100)
+    assert lr_at(600, **cos) == pytest.approx(5e-4)
+    assert lr_at(100 + 250, **cos) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_deepspeed_config_from_the_phi15_params():
+    cfg = load(ROOT / "params" / "phi-1.5.yaml")
+    ds = ds_config(cfg.train)
+    assert ds["zero_optimization"]["stage"] == 2
+    assert ds["train_batch_size"] == 2048
+    # 2048 sequences = micro 16 x 32 GPUs x accumulation 4
+    assert ds["gradient_accumulation_steps"] == 2048 // (16 * 32)
+    assert ds["fp16"] == {"enabled": True, "loss_scale": 0, "initial_scale_power": 16,
+                          "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1.0}
+    assert "bf16" not in ds
+    assert ds["zero_optimization"]["reduce_bucket_size"] == cfg.train.reduce_bucket_size
+    assert ds["zero_optimization"]["overlap_comm"] is True
+    bf = ds_config(load(ROOT / "params" / "phi-1.5.yaml", {"train.precision": "bf16"}).train)
+    assert bf["bf16"] == {"enabled": True} and "fp16" not in bf
+
+
+def test_indivisible_global_batch_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match="train.global_batch_size: 100 is not a multiple"):
+        load(ROOT / "params" / "phi-1.5.yaml", {"train.global_batch_size": 100})
+
+
+def test_latest_checkpoint_ignores_partial_dirs_and_prune_keeps_last_n(tmp_path):
+    from phi_lib.hf_models import latest_checkpoint
+
+    root = tmp_path / "05_train" / "checkpoints"
+    for step in (2, 4, 6, 8):
+        tmp = ckpt.tmp_dir(root, step)
+        tmp.mkdir(parents=True)
+        (tmp / "config.json").write_text("{}")
+        ckpt.finalize(root, step, {"step": step})
+    half = ckpt.tmp_dir(root, 10)  # a kill -9 while writing step 10
+    half.mkdir()
+    (half / "config.json").write_text("{}")
+    assert ckpt.latest(root).name == "step-8"
+    assert latest_checkpoint(tmp_path).name == "step-8"  # what stage 06 loads
+    assert ckpt.prune(root, keep_last=2, protect=(2,)) == [4]
+    assert [s for s, _ in ckpt.list_checkpoints(root)] == [2, 6, 8]
+    ckpt.clean_partial(root)
+    assert not half.exists()
+
+
+def test_a_failed_cpu_allocation_is_reported_as_oom(tmp_path):
+    with pytest.raises(RuntimeError) as info:
+        torch.empty(2**60, dtype=torch.uint8)
+    assert is_oom(info.value)
+    msg = describe(info.value, micro_batch_size=16, last_good=tmp_path / "step-4")
+    assert msg["kind"] == "oom"
+    assert "micro_batch_size=16" in msg["message"] and "step-4" in msg["message"]
+    assert not is_oom(ValueError("bad value"))
+
+
+def test_unreachable_host_in_hostfile_fails_before_launch(tmp_path):
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=8\nnode-b.invalid slots=8  # second node\n")
+    assert read_hostfile(hostfile) == [("localhost", 8), ("node-b.invalid", 8)]
+    with pytest.raises(LaunchError, match="node-b.invalid"):
+        check_hosts(read_hostfile(hostfile), timeout=2)
+    bad = tmp_path / "bad"
+    bad.write_text("node-a slots=eight\n")
+    with pytest.raises(LaunchError, match="bad:1"):
+        read_hostfile(bad)
+
+
+def test_launch_with_unreachable_host_leaves_checkpoints_untouched(tmp_path):
+    from phi_lib.train.launch import launch
+
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\nnode-b.invalid slots=2\n")
+    cfg = load(ROOT / "params" / "smoke.yaml", {
+        "run.output_root": str(tmp_path), "train.launcher": "deepspeed", "train.num_gpus": 2,
+        "train.num_nodes": 2, "train.hostfile": str(hostfile), "train.global_batch_size": 16})
+    out = cfg.run_dir / "05_train"
+    good = out / "checkpoints" / "step-20"
+    good.mkdir(parents=True)
+    (good / "config.json").write_text("{}")
+    (out / "train_config.yaml").write_text("prepared")  # launch must fail before reading it
+    with pytest.raises(LaunchError, match="node-b.invalid.*nothing was started"):
+        launch(cfg, out, on_line=None)
+    assert (good / "config.json").read_text() == "{}"
+
+
+def test_launcher_commands():
+    cfg = load(ROOT / "params" / "phi-1.5.yaml", {"train.hostfile": "/etc/hostfile"})
+    cmd = command(cfg, Path("/runs/x/05_train"))
+    assert Path(cmd[0]).name == "deepspeed"
+    assert cmd[1:3] == ["--num_gpus", "8"] and "--hostfile" in cmd and "--num_nodes" in cmd
+    assert cmd[cmd.index("--module") + 1] == "phi_lib.train"
+    single = command(load(ROOT / "params" / "smoke.yaml"), Path("/o"))
+    assert single[1:4] == ["-u", "-m", "phi_lib.train"]
+    tr = load(ROOT / "params" / "phi-1.5.yaml", {"train.launcher": "torchrun", "train.num_nodes": 1,
+                                                 "train.global_batch_size": 1024})
+    assert Path(command(tr, Path("/o"))[0]).name == "torchrun"
+    assert len(commands(tr, Path("/o"))) == 1
