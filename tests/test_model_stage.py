@@ -1,0 +1,48 @@
+"""Stage 04: the library object behind the notebook (unit), and the notebook in the smoke run."""
+import json
+
+import pytest
+import torch
+
+from phi_lib.config import load
+from phi_lib.model import PhiConfig, PhiForCausalLM
+from phi_lib.model.stage import ModelStage
+
+
+@pytest.mark.unit
+def test_model_stage_on_a_large_preset(tmp_path):
+    cfg = load({"model": {"preset": "phi-2", "gpus": 8, "plan_micro_batch_size": 4,
+                          "sample_max_new_tokens": 4}})
+    stage = ModelStage(cfg, tmp_path)
+    assert stage.build().lm_head.weight.is_meta  # sizing needs no weights
+    assert stage.param_table().data.loc["total", "parameters"] == 2_779_683_840
+    mem = stage.memory_table()
+    assert list(mem.index) == [(z, p) for z in range(4) for p in ("fp16", "bf16")]
+    assert mem.loc[(0, "fp16"), "total"] > mem.loc[(3, "fp16"), "total"]
+    report = stage.parity()
+    assert report["shrunk"] and report["max_abs_diff"] < 1e-5
+    samples = stage.samples()
+    assert len(samples) == 2 and "(shrunk)" in samples["model"][0]
+    manifest = stage.write_manifest()
+    assert manifest["metrics"]["params"] == 2_779_683_840
+    assert manifest["metrics"]["parity_max_abs_diff"] < 1e-5
+    assert (tmp_path / "memory.png").is_file()
+    hf = json.loads((tmp_path / "config.json").read_text())
+    assert hf["model_type"] == "phi" and hf["partial_rotary_factor"] == 0.4
+
+
+@pytest.mark.notebooks
+def test_model_notebook_in_smoke_run(smoke_run):
+    from transformers import AutoConfig
+
+    out = smoke_run.cfg.run_dir / "04_model"
+    manifest = json.loads((out / "manifest.json").read_text())
+    m = manifest["metrics"]
+    assert m["parity_max_abs_diff"] < 1e-5 and m["kv_cache_max_abs_diff"] < 1e-5
+    hf_cfg = AutoConfig.from_pretrained(out)  # transformers reads our config.json
+    assert hf_cfg.model_type == "phi" and hf_cfg.num_hidden_layers == 4
+    ours = PhiConfig.from_hf_dict(json.loads((out / "config.json").read_text()))
+    with torch.device("meta"):
+        n = sum(p.numel() for p in PhiForCausalLM(ours).parameters())
+    assert n == m["params"]
+    assert (out / "memory.png").is_file() and manifest["samples"]
