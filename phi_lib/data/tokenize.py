@@ -16,6 +16,7 @@ import itertools
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -176,7 +177,10 @@ def _encode_stream(texts, tokenizer: str, data_dir: Optional[str], num_proc: int
         for consumed, batch in batches:
             yield consumed, encode_batch(batch)
         return
-    ctx = mp.get_context("spawn")  # fork after tokenizers' threads started can deadlock
+    # fork (as `datasets` does) starts fast and needs no `__main__` guard in user scripts;
+    # tokenizers turns its own thread pool off in forked children, and workers are
+    # single-threaded anyway. Elsewhere, spawn.
+    ctx = mp.get_context("fork" if sys.platform == "linux" else "spawn")
     with ctx.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer, data_dir)) as pool:
         pending: deque = deque()
         for consumed, batch in batches:
