@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from phi_lib.train import checkpoint as ckpt
-from phi_lib.train.launch import launch, prepare
+from phi_lib.train.launcher import launch, prepare
 from phi_lib.train.loop import Trainer
 from phi_lib.train.metrics import read_metrics
 from test_train_fixtures import tiny_mix, train_config  # noqa: F401 - fixture

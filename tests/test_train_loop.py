@@ -12,7 +12,7 @@ import torch
 
 from phi_lib.train import checkpoint as ckpt
 from phi_lib.train.errors import TrainError
-from phi_lib.train.launch import command, launch, prepare
+from phi_lib.train.launcher import command, launch, prepare
 from phi_lib.train.loop import Trainer
 from phi_lib.train.metrics import read_metrics
 from test_train_fixtures import tiny_mix, train_config  # noqa: F401 - fixture

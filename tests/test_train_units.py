@@ -10,7 +10,7 @@ from phi_lib.config import ConfigError, load
 from phi_lib.train import checkpoint as ckpt
 from phi_lib.train.deepspeed_config import ds_config
 from phi_lib.train.errors import LaunchError, describe, is_oom
-from phi_lib.train.launch import check_hosts, command, commands, read_hostfile
+from phi_lib.train.launcher import check_hosts, command, commands, read_hostfile
 from phi_lib.train.schedule import lr_at
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +102,7 @@ def test_unreachable_host_in_hostfile_fails_before_launch(tmp_path):
 
 
 def test_launch_with_unreachable_host_leaves_checkpoints_untouched(tmp_path):
-    from phi_lib.train.launch import launch
+    from phi_lib.train.launcher import launch
 
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=2\nnode-b.invalid slots=2\n")

@@ -7,7 +7,7 @@ warmup + linear decay, then the CodeExercises finetune).
 
 Modules: `loop` (what each process runs), `engines` (single-process torch AMP / DeepSpeed),
 `schedule`, `optim`, `checkpoint` (HF format + optimizer/RNG/data position, atomic),
-`deepspeed_config`, `launch`, `metrics`, `mfu`, `planner`, `plots`, `phases`, `errors`.
+`deepspeed_config`, `launcher`, `metrics`, `mfu`, `planner`, `plots`, `phases`, `errors`.
 Names are imported lazily: `python -m phi_lib.train` should not pay for matplotlib.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "prepare": "phi_lib.train.launch", "launch": "phi_lib.train.launch",
-    "command": "phi_lib.train.launch", "commands": "phi_lib.train.launch",
+    "prepare": "phi_lib.train.launcher", "launch": "phi_lib.train.launcher",
+    "command": "phi_lib.train.launcher", "commands": "phi_lib.train.launcher",
     "Trainer": "phi_lib.train.loop", "summarize": "phi_lib.train.summary",
     "plot_metrics": "phi_lib.train.plots", "LivePlot": "phi_lib.train.plots",
     "read_metrics": "phi_lib.train.metrics", "ds_config": "phi_lib.train.deepspeed_config",
