@@ -100,6 +100,7 @@ class MixBuilder:
         if self.mixture is None:
             self.plan()
         t0 = time.time()
+        (self.out / "mix.json").unlink(missing_ok=True)  # readers never see a half-rewritten mix
         tok = load_tokenizer(self.mc.tokenizer, data_dir=self.cfg.run.data_dir)
         seed = self.cfg.run.seed
         splits = {"train": write_split(self.out / "train", train_order(
