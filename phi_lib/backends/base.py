@@ -3,12 +3,16 @@
 Synthesis (stage 01), annotation (stage 02) and the toxicity judge (stage 07) only talk to
 this: ``backend.generate(prompts, params) -> list[Completion]``. Prompts are chat messages
 (a string is one user turn) for instruct models; raw completion (no chat template) is asked
-for with ``chat=False``.
+for with ``chat=False``. ``seeds`` (one per prompt) make sampled requests reproducible and
+distinct: two records with the same prompt but different seeds are two requests, also for
+the request cache.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence, Union
 
 from phi_lib.config import SamplingConfig
@@ -44,9 +48,13 @@ class Backend(ABC):
 
     @abstractmethod
     def generate(self, prompts: Sequence[Prompt], params: SamplingConfig, *,
-                 chat: bool = True, logprobs: int = 0,
-                 progress: bool = False) -> list[Completion]:
-        """One completion per prompt, in order. `logprobs=N` asks for N top alternatives."""
+                 chat: bool = True, logprobs: int = 0, progress: bool = False,
+                 seeds: Optional[Sequence[int]] = None) -> list[Completion]:
+        """One completion per prompt, in order.
+
+        `logprobs=N` (N >= 1) asks for the log-probability of each generated token and its N
+        most likely alternatives; `seeds` gives one sampling seed per prompt.
+        """
 
     def close(self) -> None:
         """Release resources (HTTP sessions, GPU memory)."""
@@ -56,3 +64,37 @@ class Backend(ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+def as_messages(prompt: Prompt) -> list[dict]:
+    """A prompt as chat messages (a string is one user turn)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, list) or not all(isinstance(m, dict) and "role" in m and "content" in m
+                                               for m in prompt):
+        raise TypeError(f"a prompt is a string or a list of {{'role', 'content'}} messages, "
+                        f"got {prompt!r:.200}")
+    return prompt
+
+
+def as_text(prompt: Prompt) -> str:
+    """A prompt as raw text for `chat=False` (messages are joined by blank lines)."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(m["content"] for m in as_messages(prompt))
+
+
+def request_key(model: str, prompt: Prompt, params: SamplingConfig, *, chat: bool,
+                logprobs: int, seed: Optional[int]) -> str:
+    """Stable hash of everything that decides a completion (not where it is served from)."""
+    blob = json.dumps({"model": model, "prompt": prompt, "params": asdict(params), "chat": chat,
+                       "logprobs": logprobs, "seed": seed}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def check_seeds(prompts: Sequence[Prompt], seeds: Optional[Sequence[int]]) -> list[Optional[int]]:
+    if seeds is None:
+        return [None] * len(prompts)
+    if len(seeds) != len(prompts):
+        raise ValueError(f"seeds: got {len(seeds)} seeds for {len(prompts)} prompts")
+    return list(seeds)
