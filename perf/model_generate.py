@@ -31,7 +31,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     over = {"eos_token_id": None}
     if args.layers:
@@ -62,19 +65,22 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, fn in (("ours", run_ours), ("transformers", run_theirs)):
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             with torch.inference_mode():
                 fn()
             sync()
-            times[name].append(args.batch * args.new / (time.perf_counter() - t0))
+            n = args.batch * args.new  # wall, and process-CPU time (steadier on a shared machine)
+            times[name].append((n / (time.perf_counter() - t0), n / (time.process_time() - c0)))
     print(f"config: {cfg.name} layers={cfg.num_hidden_layers} hidden={cfg.hidden_size} batch={args.batch} "
           f"prompts {lengths[0]}..{lengths[-1]} tokens (left-padded), {args.new} new, greedy, "
           f"{args.dtype} on {args.device} (torch {torch.__version__}, {torch.get_num_threads()} threads)")
     print(f"identical tokens: {same}")
-    ref = statistics.median(times["transformers"])
+    ref = statistics.median(v[0] for v in times["transformers"])
+    ref_cpu = statistics.median(v[1] for v in times["transformers"])
     for name, vals in times.items():
-        tps = statistics.median(vals)
-        print(f"{name:14s} {tps:9.1f} new tokens/s  ratio vs transformers {tps / ref:5.2f}x")
+        tps, cpu = statistics.median(v[0] for v in vals), statistics.median(v[1] for v in vals)
+        print(f"{name:14s} {tps:9.1f} new tokens/s  ratio vs transformers {tps / ref:5.2f}x"
+              f"   | per CPU-second {cpu:8.1f}  ratio {cpu / ref_cpu:5.2f}x")
 
 
 if __name__ == "__main__":

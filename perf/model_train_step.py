@@ -28,12 +28,14 @@ def step(model, ids, hf: bool) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def timed(model, ids, hf: bool, sync) -> float:
+def timed(model, ids, hf: bool, sync) -> tuple[float, float]:
+    """(tokens per wall second, tokens per process-CPU second); the second is steadier when
+    other jobs share the machine."""
     sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     step(model, ids, hf)
     sync()
-    return ids.numel() / (time.perf_counter() - t0)
+    return ids.numel() / (time.perf_counter() - t0), ids.numel() / (time.process_time() - c0)
 
 
 def main() -> None:
@@ -48,7 +50,10 @@ def main() -> None:
     ap.add_argument("--attn", default="sdpa", help="our kernels to time, comma-separated")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="device peak (dense, this dtype) for MFU")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     over = {}
     if args.layers:
@@ -64,7 +69,7 @@ def main() -> None:
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     kernels = args.attn.split(",")
-    results: dict[str, list[float]] = {f"ours[{k}]": [] for k in kernels}
+    results: dict[str, list[tuple[float, float]]] = {f"ours[{k}]": [] for k in kernels}
     results["transformers[sdpa]"] = []
     for model, hf in ((ours, False), (theirs, True)):  # warm up
         step(model, ids, hf)
@@ -77,11 +82,13 @@ def main() -> None:
     print(f"config: {cfg.name} layers={cfg.num_hidden_layers} hidden={cfg.hidden_size} "
           f"params={n / 1e6:.1f}M batch={args.batch}x{args.seq} {args.dtype} on {args.device} "
           f"(torch {torch.__version__}, {torch.get_num_threads()} threads)")
-    ref = statistics.median(results["transformers[sdpa]"])
+    ref = statistics.median(v[0] for v in results["transformers[sdpa]"])
+    ref_cpu = statistics.median(v[1] for v in results["transformers[sdpa]"])
     fpt = flops_per_token(cfg, args.seq)
     for name, vals in results.items():
-        tps = statistics.median(vals)
-        line = f"{name:22s} {tps:10.1f} tokens/s  ratio vs transformers {tps / ref:5.2f}x"
+        tps, cpu = statistics.median(v[0] for v in vals), statistics.median(v[1] for v in vals)
+        line = (f"{name:22s} {tps:10.1f} tokens/s  ratio vs transformers {tps / ref:5.2f}x"
+                f"   | per CPU-second {cpu:9.1f}  ratio {cpu / ref_cpu:5.2f}x")
         if args.peak_tflops:
             line += f"  MFU {tps * fpt / (args.peak_tflops * 1e12):6.1%}"
         print(line)
