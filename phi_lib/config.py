@@ -323,6 +323,8 @@ class ModelConfig:
     """Override the preset's layer count."""
     num_attention_heads: Optional[int] = None
     """Override the preset's head count."""
+    num_key_value_heads: Optional[int] = None
+    """Override the key/value head count (grouped-query attention; phi uses as many as heads)."""
     intermediate_size: Optional[int] = None
     """Override the preset's MLP width."""
     vocab_size: Optional[int] = None
@@ -331,6 +333,8 @@ class ModelConfig:
     """Override the context length."""
     partial_rotary_factor: Optional[float] = None
     """Override the rotary fraction of each head (phi: 0.5 of 64 = rotary dim 32)."""
+    rope_theta: Optional[float] = None
+    """Override the rotary base (phi: 10000)."""
     resid_pdrop: Optional[float] = None
     """Override residual dropout (phi-1 trained with 0.1)."""
     embd_pdrop: Optional[float] = None
@@ -357,8 +361,8 @@ class ModelConfig:
                 ("phi-tiny", "phi-1-small", "phi-1", "phi-1.5", "phi-2", "phi-3-mini"))
         _one_of("attn_implementation", self.attn_implementation,
                 ("auto", "flash_attention_2", "sdpa", "eager"))
-        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "vocab_size", "max_position_embeddings"):
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                     "intermediate_size", "vocab_size", "max_position_embeddings", "rope_theta"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
         for name in ("partial_rotary_factor", "resid_pdrop", "embd_pdrop", "attention_dropout"):
