@@ -28,8 +28,10 @@ from phi_lib.config import BackendConfig, SamplingConfig
 
 class OpenAIServer:
     def __init__(self, backend: Backend, *, host: str = "127.0.0.1", port: int = 0,
-                 max_batch: int = 8, batch_wait_s: float = 0.02):
+                 max_batch: int = 8, batch_wait_s: float = 0.02, api_key: Optional[str] = None):
         self.backend, self.host, self.port = backend, host, port
+        self.api_key = api_key
+        """If set, requests must carry `Authorization: Bearer <api_key>` (else HTTP 401)."""
         self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
         self.requests = 0
         """Requests received (failed ones included)."""
@@ -111,6 +113,8 @@ class OpenAIServer:
         with self._lock:
             self.requests += 1
             fault = self._faults.pop(0) if self._faults else None
+        if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return web.json_response({"error": {"message": "invalid API key"}}, status=401)
         if fault is not None:
             return web.json_response({"error": {"message": "injected failure", "code": fault}},
                                      status=fault, headers={"Retry-After": "0"})
@@ -209,10 +213,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--api-key-env", default="", help="require the key in this env variable")
     a = ap.parse_args(argv)
+    import os
+
+    key = os.environ.get(a.api_key_env) if a.api_key_env else None
     backend = get_backend(BackendConfig(model=a.model, batch_size=a.batch_size, device=a.device,
                                         cache=False))
-    server = OpenAIServer(backend, host=a.host, port=a.port, max_batch=a.batch_size).start()
+    server = OpenAIServer(backend, host=a.host, port=a.port, max_batch=a.batch_size,
+                          api_key=key).start()
     print(f"serving {a.model} at {server.base_url}", flush=True)
     try:
         server._thread.join()
