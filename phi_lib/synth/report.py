@@ -54,6 +54,14 @@ class DiversityReport:
     """PNG files written (relative to the stage dir)."""
     samples: object = None
     """A DataFrame of sample rows (kind, topic, audience, style, text head)."""
+    folder: Optional[Path] = None
+    """Where the figures are."""
+
+    def show(self) -> None:
+        """Display the figures inline (in a notebook)."""
+        from IPython.display import Image, display
+
+        display(*[Image(filename=str(self.folder / f)) for f in self.figures])
 
     def table(self):
         import pandas as pd
@@ -74,7 +82,7 @@ def diversity_report(cfg: Config, out: Path, topics: list[Topic], summary: Synth
     import pandas as pd
 
     out = Path(out)
-    rep = DiversityReport()
+    rep = DiversityReport(folder=out)
     kinds = list(cfg.synth.kinds)
     kept = {k: read_samples(out, k) for k in kinds}
     everything = [r for k in kinds for r in kept[k]]
