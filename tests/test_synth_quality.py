@@ -1,0 +1,125 @@
+"""Stage 01 quality filters on constructed cases, through the real Synthesizer pipeline:
+near-duplicates (MinHash), 13-gram decontamination against the benchmark files, exercises
+run against their asserts in the sandbox, repetition, length, truncation."""
+import json
+import re
+
+import pytest
+
+from phi_lib.config import load
+from phi_lib.paths import data_path
+from phi_lib.synth import Synthesizer, build_prompts, read_samples, seed_taxonomy
+from phi_lib.synth.quality import extract_code, repeated_ngram_fraction
+from synth_doubles import ScriptedBackend
+
+pytestmark = pytest.mark.unit
+
+ESSAY = ("Plants turn light into chemical energy. In the leaves, chlorophyll absorbs sunlight "
+         "and the plant combines carbon dioxide from the air with water from the soil to make "
+         "glucose, releasing oxygen as a by-product. This process, photosynthesis, feeds "
+         "almost every food chain on Earth, because animals eat plants or eat animals that do.")
+OTHER = ("A budget is a plan for money. Write down what comes in each month, then list fixed "
+         "costs such as rent and variable ones such as food. Saving a small share first, "
+         "before spending, builds a cushion for surprises and makes large purchases possible "
+         "without debt. Review the plan monthly and adjust it when your life changes.")
+
+
+def make(tmp_path, answers: dict, kinds: dict, **synth):
+    """Run the Synthesizer with a backend that answers prompt i of a kind with answers[kind][i]."""
+    cfg = load("params/smoke.yaml", {"run.output_root": str(tmp_path)})
+    cfg.synth.kinds = kinds
+    cfg.synth.decontaminate_against = ["gsm8k"]
+    for k, v in synth.items():
+        setattr(cfg.synth, k, v)
+    specs = build_prompts(cfg.synth, seed_taxonomy(), cfg.run.seed)
+    script = {s.prompt: answers[s.kind][s.index] for s in specs}
+    out = tmp_path / "01_synthesize"
+    backend = ScriptedBackend(lambda p, seed: script[p])
+    summary = Synthesizer(cfg, out, backend).run(specs, progress=False)
+    return summary, out, specs
+
+
+def reasons(out, kind):
+    return {r["index"]: r["drop_reason"] for r in read_samples(out, kind, dropped=True)}
+
+
+def test_near_duplicates_dropped_first_copy_kept(tmp_path):
+    edited = ESSAY.replace("by-product", "byproduct")  # one word differs
+    summary, out, _ = make(tmp_path, {"textbook": [ESSAY, OTHER, edited, ESSAY]}, {"textbook": 4})
+    kept = read_samples(out, "textbook")
+    assert [r["index"] for r in kept] == [0, 1]
+    assert reasons(out, "textbook") == {2: "near_duplicate", 3: "near_duplicate"}
+    drop = read_samples(out, "textbook", dropped=True)[0]
+    assert drop["drop_detail"] == "textbook-0000000"
+    assert summary.dropped["textbook"] == {"near_duplicate": 2}
+
+
+def test_decontamination_against_benchmark_13grams(tmp_path):
+    item = json.loads(data_path("benchmarks/gsm8k/test.jsonl").read_text().splitlines()[0])
+    words = re.findall(r"\w+", item["question"])  # the words decontamination compares
+    leak = OTHER + " " + " ".join(words[:13])  # 13 consecutive benchmark words
+    near = ESSAY + " " + " ".join(words[:12])  # 12 words: not a 13-gram match
+    summary, out, _ = make(tmp_path, {"textbook": [leak, near]}, {"textbook": 2})
+    assert reasons(out, "textbook") == {0: "contaminated"}
+    assert read_samples(out, "textbook", dropped=True)[0]["drop_detail"] == "gsm8k"
+    assert [r["index"] for r in read_samples(out, "textbook")] == [1]
+
+
+GOOD = '''```python
+def {name}(xs: list[int]) -> int:
+    """Return the sum of the even numbers in xs."""
+    return sum(x for x in xs if x % 2 == 0)
+
+assert {name}([1, 2, 3, 4]) == 6
+assert {name}([]) == 0
+assert {name}([7]) == 0
+```'''
+
+
+def test_exercise_checker_drops_wrong_solutions(tmp_path):
+    cfg_specs = build_prompts(load("params/smoke.yaml").synth.__class__(
+        kinds={"code_exercises": 5}), seed_taxonomy(), 1234)
+    names = [s.function_name for s in cfg_specs]
+    wrong = GOOD.replace("x % 2 == 0", "x % 2 == 1")
+    answers = [GOOD.format(name=names[0]),
+               wrong.format(name=names[1]),                               # asserts fail
+               GOOD.format(name=names[2]).replace("assert", "# check"),  # no asserts
+               GOOD.format(name="some_other_name"),                       # ignores the constraint
+               GOOD.format(name=names[4]).replace("return sum", "while True: pass\n    return sum")]
+    summary, out, specs = make(tmp_path, {"code_exercises": answers}, {"code_exercises": 5},
+                               exercise_timeout_s=3)
+    assert [s.function_name for s in specs] == names
+    assert reasons(out, "code_exercises") == {
+        1: "exercise_failed", 2: "exercise_no_asserts", 3: "exercise_missing_function",
+        4: "exercise_timeout"}
+    [kept] = read_samples(out, "code_exercises")
+    assert kept["index"] == 0 and kept["text"].startswith(f"def {names[0]}(")
+    assert "```" not in kept["text"] and kept["completion"] == answers[0]
+
+
+def test_length_truncation_repetition_and_record_fields(tmp_path):
+    loop = "the cat sat on the mat. " * 30
+    summary, out, specs = make(tmp_path, {"textbook": [ESSAY, "Too short.", loop]},
+                               {"textbook": 3}, min_chars=100)
+    assert reasons(out, "textbook") == {1: "too_short", 2: "repetition"}
+    [rec] = read_samples(out, "textbook")
+    for key in ("topic", "subject", "audience", "style", "kind", "backend", "model", "sampling",
+                "seed", "sample_seed", "prompt_hash", "prompt", "text", "completion_tokens"):
+        assert key in rec, key
+    assert rec["backend"] == "scripted" and rec["sampling"]["max_new_tokens"] == 48
+    assert rec["prompt_hash"] == specs[0].prompt_hash
+    assert repeated_ngram_fraction(loop) > 0.8 and repeated_ngram_fraction(ESSAY) == 0.0
+    # a completion that hit max_new_tokens is dropped when drop_truncated is on
+    cfg = load("params/smoke.yaml", {"run.output_root": str(tmp_path / "t")})
+    cfg.synth.kinds, cfg.synth.drop_truncated, cfg.synth.decontaminate_against = \
+        {"textbook": 1}, True, []
+    specs = build_prompts(cfg.synth, seed_taxonomy(), 1)
+    Synthesizer(cfg, tmp_path / "t", ScriptedBackend(lambda p, s: ESSAY, finish_reason="length")
+                ).run(specs, progress=False)
+    assert reasons(tmp_path / "t", "textbook") == {0: "truncated"}
+
+
+def test_extract_code_joins_fenced_blocks():
+    text = "Here:\n```python\nx = 1\n```\ntext\n```\ny = 2\n```"
+    assert extract_code(text) == "x = 1\n\ny = 2"
+    assert extract_code("def f():\n    return 1") == "def f():\n    return 1"
