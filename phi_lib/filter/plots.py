@@ -1,0 +1,49 @@
+"""Figures of stage 02: classifier validation and the corpus score distribution."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_classifier(reports: dict, path: Path):
+    import matplotlib.pyplot as plt
+
+    kinds = list(reports)
+    fig, axes = plt.subplots(len(kinds), 2, figsize=(9, 3.6 * len(kinds)), squeeze=False)
+    for row, kind in zip(axes, kinds):
+        r = reports[kind]
+        cm = np.array(r.confusion)
+        row[0].imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            row[0].text(j, i, str(v), ha="center", va="center")
+        row[0].set_xticks([0, 1], ["pred <thr", "pred >=thr"])
+        row[0].set_yticks([0, 1], ["label <thr", "label >=thr"])
+        row[0].set_title(f"{kind}: F1 {r.f1:.2f}, AUC {r.roc_auc:.2f} (val n={r.n_val})")
+        if r.val_scores:
+            row[1].scatter(r.val_labels, r.val_scores, alpha=0.7)
+        row[1].axhline(r.threshold, ls="--", c="gray")
+        row[1].axvline(r.threshold, ls="--", c="gray")
+        row[1].set_xlabel("annotation score (judge)")
+        row[1].set_ylabel("classifier score")
+        row[1].set_title(f"{kind}: validation predictions")
+    fig.tight_layout()
+    fig.savefig(path)
+    return fig
+
+
+def plot_scores(scores: dict, thresholds: dict, label_threshold: float, path: Path):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.5), squeeze=False)
+    for ax, (kind, s) in zip(axes[0], scores.items()):
+        ax.hist(s, bins=40, color="tab:blue", alpha=0.8)
+        ax.axvline(thresholds[kind], c="tab:red", label=f"keep >= {thresholds[kind]:.2f}")
+        ax.axvline(label_threshold, c="gray", ls="--", label=f"label threshold {label_threshold:g}")
+        ax.set_xlabel("classifier score (predicted 0-5)")
+        ax.set_ylabel("documents")
+        ax.set_title(f"{kind}: {len(s)} scored")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return fig
