@@ -143,12 +143,17 @@ def loglikelihood_tokens(model, pairs: Sequence[tuple[list[int], list[int]]],
 
         bar = tqdm(total=len(pairs), desc="log-likelihood")
     with torch.inference_mode():
-        for idx in shared:
-            for i, r in zip(idx, _score_shared(model, pairs[idx[0]][0],
-                                               [pairs[i][1] for i in idx], batch_size)):
-                results[i] = r
+        # contexts longest first; `batch_size` contexts (all their continuations) per step
+        shared.sort(key=lambda idx: -len(pairs[idx[0]][0]))
+        for s in range(0, len(shared), batch_size):
+            groups_ = shared[s:s + batch_size]
+            scored = _score_shared(model, [pairs[g[0]][0] for g in groups_],
+                                   [[pairs[i][1] for i in g] for g in groups_])
+            for g, res in zip(groups_, scored):
+                for i, r in zip(g, res):
+                    results[i] = r
             if bar:
-                bar.update(len(idx))
+                bar.update(sum(len(g) for g in groups_))
         # lm-eval order: longest first, so padding is small and OOMs happen at once
         plain.sort(key=lambda i: (-len(pairs[i][0]) - len(pairs[i][1]),
                                   tuple(pairs[i][0] + pairs[i][1])))
@@ -190,44 +195,56 @@ def _score_plain(model, chunk, max_len: int) -> list[tuple[float, bool]]:
     return out
 
 
-def _score_shared(model, ctx: list[int], conts: list[list[int]],
-                  batch_size: int) -> list[tuple[float, bool]]:
-    """One context pass, then all continuations on copies of its KV cache."""
+def _score_shared(model, ctxs: list[list[int]],
+                  conts: list[list[list[int]]]) -> list[list[tuple[float, bool]]]:
+    """Contexts run once (one right-padded batch); then every continuation of every context
+    runs in one batch on its context's rows of the KV cache (padding masked out, positions
+    continuing from each context's true length)."""
     dev = _device(model)
-    first = model(torch.tensor([ctx], device=dev), use_cache=True)
-    first_lp = F.log_softmax(first.logits[0, -1:], dim=-1)  # predicts every cont's token 0
-    out: list[tuple[float, bool]] = []
-    for s in range(0, len(conts), batch_size):
-        chunk = conts[s:s + batch_size]
-        tails = [c[:-1] for c in chunk]  # the last token is predicted, never fed
-        width = max(len(t) for t in tails)
-        if width == 0:
-            out.extend(_score(first_lp, c) for c in chunk)
-            continue
-        n = len(chunk)
+    lens = [len(c) for c in ctxs]
+    width_c = max(lens)
+    ids = torch.zeros(len(ctxs), width_c, dtype=torch.long)
+    mask_c = torch.zeros(len(ctxs), width_c, dtype=torch.long)
+    for r, c in enumerate(ctxs):
+        ids[r, :len(c)] = torch.tensor(c)
+        mask_c[r, :len(c)] = 1
+    first = model(ids.to(dev), attention_mask=mask_c.to(dev), use_cache=True)
+    last = torch.stack([first.logits[r, n - 1] for r, n in enumerate(lens)])
+    first_lp = F.log_softmax(last, dim=-1)  # row g predicts token 0 of each of g's conts
+    owner = [g for g, cs in enumerate(conts) for _ in cs]
+    flat = [c for cs in conts for c in cs]
+    tails = [c[:-1] for c in flat]  # the last token is predicted, never fed
+    width = max(len(t) for t in tails)
+    results: list[tuple[float, bool]] = []
+    if width == 0:  # one-token continuations: the context pass already scored them
+        results = [_score(first_lp[g:g + 1], c) for g, c in zip(owner, flat)]
+    else:
+        n = len(flat)
         ids = torch.zeros(n, width, dtype=torch.long)
-        mask = torch.zeros(n, len(ctx) + width, dtype=torch.long)
-        mask[:, :len(ctx)] = 1
-        for r, t in enumerate(tails):
+        mask = torch.zeros(n, width_c + width, dtype=torch.long)
+        pos = torch.zeros(n, width, dtype=torch.long)
+        for r, (g, t) in enumerate(zip(owner, tails)):
             ids[r, :len(t)] = torch.tensor(t, dtype=torch.long)
-            mask[r, len(ctx):len(ctx) + len(t)] = 1
-        pos = torch.arange(len(ctx), len(ctx) + width).expand(n, -1)
-        past = _repeat_cache(first.past_key_values, n)
+            mask[r, :lens[g]] = 1
+            mask[r, width_c:width_c + len(t)] = 1
+            pos[r] = torch.arange(lens[g], lens[g] + width)
+        past = _select_cache(first.past_key_values, torch.tensor(owner, device=dev))
         logits = model(ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
                        past_key_values=past, use_cache=True).logits
         logprobs = F.log_softmax(logits, dim=-1)
-        for r, c in enumerate(chunk):
-            rows = torch.cat([first_lp, logprobs[r, :len(c) - 1]], dim=0)
-            out.append(_score(rows, c))
+        for r, (g, c) in enumerate(zip(owner, flat)):
+            rows = torch.cat([first_lp[g:g + 1], logprobs[r, :len(c) - 1]], dim=0)
+            results.append(_score(rows, c))
+    out, k = [], 0
+    for cs in conts:
+        out.append(results[k:k + len(cs)])
+        k += len(cs)
     return out
 
 
-def _repeat_cache(cache, n: int):
-    """A batch-n copy of a batch-1 KV cache (transformers Cache or legacy tuples)."""
-    import copy
-
-    if hasattr(cache, "batch_repeat_interleave"):
-        cache = copy.deepcopy(cache)
-        cache.batch_repeat_interleave(n)
+def _select_cache(cache, index: torch.Tensor):
+    """The KV cache with batch rows `index` (a row per continuation, from its context)."""
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(index)
         return cache
-    return tuple(tuple(t.expand(n, *t.shape[1:]).contiguous() for t in layer) for layer in cache)
+    return tuple(tuple(t.index_select(0, index) for t in layer) for layer in cache)

@@ -1,0 +1,76 @@
+"""Items/s of our harness vs lm-evaluation-harness on the same model and items.
+
+    python perf/eval_vs_lm_eval.py --limit 20 --tasks arc_easy,hellaswag,mmlu
+
+Both score the same documents (lm-eval through its shipped task YAMLs over our loaders'
+output, see `phi_lib.evaluate.lm_eval_tasks`) with the same model object and batch size;
+the script checks the per-item predictions are identical and prints items/s and the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--tasks", default="arc_easy,hellaswag,mmlu")
+    ap.add_argument("--limit", type=int, default=20)
+    ap.add_argument("--mmlu-subject", default="high_school_geography")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from phi_lib.config import EvaluateConfig
+    from phi_lib.evaluate import run_task
+    from phi_lib.evaluate.data import load_task
+    from phi_lib.evaluate.lm_eval_tasks import write_lm_eval_tasks
+    from phi_lib.hf_models import load_causal_lm
+
+    model, tok = load_causal_lm(args.model, device=args.device)
+    tasks = args.tasks.split(",")
+    cfg = EvaluateConfig(batch_size=args.batch_size, mmlu_shots=2)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=args.batch_size)
+    print(f"model {args.model} on {next(model.parameters()).device}, limit {args.limit}, "
+          f"batch {args.batch_size}")
+    print(f"{'task':12s} {'items':>5s} {'lm-eval it/s':>13s} {'ours it/s':>10s} {'ratio':>6s} same-preds")
+    tot_ref = tot_ours = n_tot = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in tasks:
+            names = write_lm_eval_tasks(tmp, [task], args.limit, mmlu_subjects=[args.mmlu_subject],
+                                        prefix="perf_")
+            docs = load_task(task, args.limit)
+            if task == "mmlu":
+                docs = [d for d in docs if d["subject"] == args.mmlu_subject]
+            run_task(model, tok, task, docs[:2], cfg, progress=False)  # warm-up (both share it)
+            t0 = time.perf_counter()
+            ref = simple_evaluate(model=lm, tasks=list(names),
+                                  task_manager=TaskManager(include_path=tmp), log_samples=True,
+                                  bootstrap_iters=0, verbosity="ERROR")
+            t_ref = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _, ours = run_task(model, tok, task, docs, cfg, progress=False)
+            t_ours = time.perf_counter() - t0
+            ref_samples = sorted(ref["samples"][list(names)[0]], key=lambda s: s["doc_id"])
+            same = all(o["pred"] == int(np.argmax([float(x[0]) for x in r["filtered_resps"]]))
+                       for o, r in zip(ours, ref_samples)) and len(ours) == len(ref_samples)
+            n = len(docs)
+            print(f"{task:12s} {n:5d} {n / t_ref:13.2f} {n / t_ours:10.2f} "
+                  f"{t_ref / t_ours:5.2f}x {same}")
+            tot_ref += t_ref
+            tot_ours += t_ours
+            n_tot += n
+    print(f"{'total':12s} {int(n_tot):5d} {n_tot / tot_ref:13.2f} {n_tot / tot_ours:10.2f} "
+          f"{tot_ref / tot_ours:5.2f}x  (ours vs lm-eval {__import__('lm_eval').__version__})")
+
+
+if __name__ == "__main__":
+    main()
