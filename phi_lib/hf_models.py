@@ -53,6 +53,22 @@ def latest_checkpoint(run_dir: Union[str, Path]) -> Path:
     return max(steps)[1]
 
 
+def model_slug(name: str) -> str:
+    """A model name as a folder name (`checkpoint`, `smollm2`, `org_model`, a path's tail)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip("/")).strip("_")[-80:] or "model"
+
+
+def model_identity(name: str, run_dir: Optional[Union[str, Path]] = None) -> str:
+    """A short hash of what `name` points at now: the resolved path and, for a local dir, its
+    files' sizes and times, so `checkpoint` after retraining is a different model."""
+    target = resolve_model(name, run_dir)
+    parts = [target]
+    if Path(target).is_dir():
+        parts += [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+                  for f in sorted(Path(target).iterdir()) if f.is_file()]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+
+
 def resolve_model(name: str, run_dir: Optional[Union[str, Path]] = None) -> str:
     """Turn a workbook model name into something `from_pretrained` takes (a dir or hub name)."""
     if name == "checkpoint":
@@ -78,7 +94,13 @@ def _dequantized(gguf: Path, key: str) -> Path:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    try:  # transformers >= 5.2x keeps GGUF blocks packed (not saveable) unless told otherwise
+        from transformers import GgufConfig
+
+        kw = {"quantization_config": GgufConfig(dequantize=True)}
+    except ImportError:
+        kw = {}
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **kw)
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=out.parent))
