@@ -37,7 +37,7 @@ def build_mix(root: Path, seq_len: int) -> Path:
 
 
 def loader_rate(mix_dir: Path, micro: int, seconds: float = 3.0) -> float:
-    from phi_lib.data import PackedDataset
+    from phi_lib.packed import PackedDataset
 
     ds = PackedDataset(mix_dir)
     it = ds.iter_batches(micro, rank=0, world_size=1, seed=0)
@@ -53,7 +53,7 @@ def train_rate(mix_dir: Path, micro: int, steps: int = 10) -> float:
     import torch
     from transformers import PhiConfig, PhiForCausalLM
 
-    from phi_lib.data import PackedDataset
+    from phi_lib.packed import PackedDataset
 
     torch.manual_seed(0)
     ds = PackedDataset(mix_dir)

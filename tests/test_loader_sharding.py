@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from phi_lib.data import PackedDataset
+from phi_lib.packed import PackedDataset
 from test_mix_fixtures import build, corpora, mix_config, packed  # noqa: F401
 
 pytestmark = pytest.mark.unit

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.notebooks
 
 
 def test_mix_notebook_runs_on_corpora(tmp_path):
-    from phi_lib.data import PackedDataset
+    from phi_lib.packed import PackedDataset
     from phi_lib.run import run
 
     res = run(project_root() / "params" / "smoke.yaml", stages=["03"], report=False, overrides={

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tokenizers
 
-from phi_lib.data import PackedDataset, to_hf_dataset
+from phi_lib.data import to_hf_dataset
+from phi_lib.packed import PackedDataset
 from test_mix_fixtures import build, corpora, packed  # noqa: F401
 
 pytestmark = pytest.mark.unit

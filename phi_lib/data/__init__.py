@@ -3,9 +3,9 @@
     from phi_lib.data import MixBuilder, PackedDataset, plan_mixture, to_hf_dataset
 
 Modules: `sources` (where documents come from), `tokenize` (resumable multi-process token
-caches), `mixture` (tokens and epochs per source), `pack` (windows and shards), `loader`
-(the training dataset), `hf` (the packed output as a `datasets.Dataset`), `build` (the
-stage, step by step). `tokenizer` (the codegen tokenizer) is shared with other stages.
+caches), `mixture` (tokens and epochs per source), `pack` (windows and shards), `hf` (the
+packed output as a `datasets.Dataset`), `build` (the stage, step by step). The packed format
+and its reader `PackedDataset` live in the top-level `phi_lib.packed` (stage 05 reads it). `tokenizer` (the codegen tokenizer) is shared with other stages.
 Names are imported lazily so `import phi_lib.data.tokenizer` stays light.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import importlib
 
 _EXPORTS = {
     "MixBuilder": "phi_lib.data.build",
-    "PackedDataset": "phi_lib.data.loader",
+    "PackedDataset": "phi_lib.packed",  # the format is shared (top-level); re-exported here
     "plan_mixture": "phi_lib.data.mixture",
     "MixturePlan": "phi_lib.data.mixture",
     "MixtureWarning": "phi_lib.data.mixture",

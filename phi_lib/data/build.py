@@ -23,6 +23,7 @@ from phi_lib.data.pack import train_order, val_order, write_split
 from phi_lib.data.sources import Source, resolve_source
 from phi_lib.data.tokenize import TokenizedSource, tokenize_source
 from phi_lib.io import atomic_write_json, write_manifest
+from phi_lib.packed import MIX_FILE, TOKEN_DTYPE
 
 
 class MixBuilder:
@@ -100,7 +101,7 @@ class MixBuilder:
         if self.mixture is None:
             self.plan()
         t0 = time.time()
-        (self.out / "mix.json").unlink(missing_ok=True)  # readers never see a half-rewritten mix
+        (self.out / MIX_FILE).unlink(missing_ok=True)  # readers never see a half-rewritten mix
         tok = load_tokenizer(self.mc.tokenizer, data_dir=self.cfg.run.data_dir)
         seed = self.cfg.run.seed
         splits = {"train": write_split(self.out / "train", train_order(
@@ -120,7 +121,7 @@ class MixBuilder:
         self.timings["pack_s"] = round(time.time() - t0, 2)
         table = self.sources_table()
         self.mix_info = {
-            "seq_len": self.mc.seq_len, "dtype": "uint16", "tokenizer": self.mc.tokenizer,
+            "seq_len": self.mc.seq_len, "dtype": np.dtype(TOKEN_DTYPE).name, "tokenizer": self.mc.tokenizer,
             "eos_id": tok.eos_id, "vocab_size": len(tok), "seed": seed,
             "val_fraction": self.mc.val_fraction,
             "splits": {k: {"n_windows": v.n_windows, "n_tokens": v.n_tokens, "n_docs": v.n_docs,
@@ -132,7 +133,7 @@ class MixBuilder:
                         for n, row in table.to_dict("index").items()},
             "plan": self.mixture.to_dict(),
         }
-        atomic_write_json(self.out / "mix.json", self.mix_info)  # last: marks the mix complete
+        atomic_write_json(self.out / MIX_FILE, self.mix_info)  # last: marks the mix complete
         return pd.DataFrame([{"split": k, "windows": v.n_windows, "tokens": v.n_tokens,
                               "documents": v.n_docs, "shards": len(v.shards),
                               "dropped_tail_tokens": v.dropped_tail_tokens}
@@ -142,7 +143,7 @@ class MixBuilder:
         """The first `n` windows decoded, EOS shown as the tokenizer writes it (a DataFrame)."""
         import pandas as pd
 
-        from phi_lib.data.loader import PackedDataset
+        from phi_lib.packed import PackedDataset
         from phi_lib.data.tokenizer import load_tokenizer
 
         tok = load_tokenizer(self.mc.tokenizer, data_dir=self.cfg.run.data_dir)

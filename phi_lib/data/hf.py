@@ -15,7 +15,7 @@ def to_hf_dataset(mix_dir: Union[str, Path], split: str = "train"):
     import pyarrow as pa
     from datasets.table import InMemoryTable
 
-    from phi_lib.data.loader import PackedDataset
+    from phi_lib.packed import PackedDataset
 
     ds = PackedDataset(mix_dir, split)
     chunks = [pa.FixedSizeListArray.from_arrays(pa.array(shard.reshape(-1)), ds.seq_len)

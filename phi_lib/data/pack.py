@@ -4,11 +4,8 @@ Document order: each source is walked epoch by epoch (a fresh seeded permutation
 training documents per epoch) until it has given its share of a phase; the documents of a
 phase are then shuffled together, and phases follow each other. Every document is followed
 by EOS, the stream is cut into windows of exactly `seq_len` tokens (a document may continue
-into the next window; the incomplete tail is dropped) and written as uint16 shards:
-
-  <split>/shard-NNNNN.bin   whole windows, uint16, memory-mappable
-  <split>/doc_starts.npy    int64 stream positions where a document starts
-  <split>/index.json        shards, windows, phase window ranges (written last)
+into the next window; the incomplete tail is dropped) and written as uint16 shards in the
+layout of `phi_lib.packed` (shards, `doc_starts.npy`, then `index.json` last).
 
 Validation holds the held-out documents of every source once (split by document, never by
 window). Shards are written atomically and recorded in `<split>/progress.json` with the
@@ -25,8 +22,9 @@ from typing import Optional
 import numpy as np
 
 from phi_lib.data.mixture import MixturePlan
-from phi_lib.data.tokenize import TOKEN_DTYPE, TokenizedSource
+from phi_lib.data.tokenize import TokenizedSource
 from phi_lib.io import atomic_open, atomic_write_json, read_json
+from phi_lib.packed import DOC_STARTS_FILE, INDEX_FILE, TOKEN_DTYPE, shard_name
 
 GATHER_TOKENS = 1 << 22  # tokens gathered per step while writing a shard (bounds memory)
 
@@ -160,7 +158,7 @@ def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSou
     else:
         for stale in folder.glob("shard-*.bin"):
             stale.unlink()
-        (folder / "index.json").unlink(missing_ok=True)
+        (folder / INDEX_FILE).unlink(missing_ok=True)
 
     bar = None
     if progress:
@@ -170,7 +168,7 @@ def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSou
     shards = []
     for k in range(n_shards):
         w0, w1 = k * per_shard, min(n_windows, (k + 1) * per_shard)
-        path = folder / f"shard-{k:05d}.bin"
+        path = folder / shard_name(k)
         shards.append(path.name)
         expected = (w1 - w0) * seq_len * np.dtype(TOKEN_DTYPE).itemsize
         if path.name in done and path.is_file() and path.stat().st_size == expected:
@@ -189,7 +187,7 @@ def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSou
         bar.close()
 
     doc_starts = starts[:-1][starts[:-1] < n_tokens]
-    with atomic_open(folder / "doc_starts.npy", "wb") as f:
+    with atomic_open(folder / DOC_STARTS_FILE, "wb") as f:
         np.save(f, doc_starts)
     phases, prev = [], 0
     for name, end_doc in zip(order.phase_names, order.phase_ends):
@@ -203,7 +201,7 @@ def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSou
     tokens_by_source = {n: int(by_source[i]) for i, n in enumerate(order.names)}
     info = SplitInfo(folder.name, n_windows, n_tokens, len(doc_starts), stream - n_tokens, shards,
                      phases, tokens_by_source)
-    atomic_write_json(folder / "index.json", {
+    atomic_write_json(folder / INDEX_FILE, {
         "split": info.split, "seq_len": seq_len, "dtype": np.dtype(TOKEN_DTYPE).name, "eos_id": eos_id,
         "n_windows": n_windows, "n_tokens": n_tokens, "n_docs": info.n_docs,
         "windows_per_shard": per_shard, "shards": shards, "phases": phases,
@@ -249,7 +247,3 @@ def _fingerprint(order: DocOrder, tokenized: dict[str, TokenizedSource], seq_len
     h.update(np.ascontiguousarray(order.doc).tobytes())
     return h.hexdigest()[:16]
 
-
-def read_index(folder: Path) -> Optional[dict]:
-    path = Path(folder) / "index.json"
-    return read_json(path) if path.is_file() else None

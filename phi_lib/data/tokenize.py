@@ -27,10 +27,10 @@ import numpy as np
 
 from phi_lib.data.sources import Source
 from phi_lib.io import ReadStats, atomic_write_json, read_json
+from phi_lib.packed import TOKEN_DTYPE  # the cache holds the ids the packed shards hold
 
 CACHE_VERSION = 1
 DOC_DTYPE = np.dtype([("n_tokens", "<i8"), ("hash", "<u8")])
-TOKEN_DTYPE = np.uint16
 COMMIT_EVERY_S = 10.0
 
 

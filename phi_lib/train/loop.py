@@ -101,7 +101,7 @@ class Trainer:
                 f"Use a new run.name or remove {self.ckpt_root}.")
 
     def train_phase(self, phase: Phase, resume: Optional[Path], state: Optional[dict]) -> None:
-        from phi_lib.data import PackedDataset
+        from phi_lib.packed import PackedDataset
 
         tc = self.tc
         init = resume if resume is not None else phase.init_from

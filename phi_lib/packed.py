@@ -1,4 +1,17 @@
-"""The training loader: packed windows, memory-mapped, sharded by rank, resumable.
+"""The packed-mixture format: the files stage 03 writes and stage 05 (or anyone) reads.
+
+A packed mixture is a folder (`03_mix/`, and `03_mix/finetune/` when a finetune set is
+configured) holding:
+
+  mix.json                  the mixture's summary; written last, so it marks the folder complete
+  <split>/shard-NNNNN.bin   whole windows of `seq_len` tokens, uint16, memory-mappable
+  <split>/doc_starts.npy    int64 stream positions where a document starts
+  <split>/index.json        seq_len, dtype, eos_id, shards, windows, phase window ranges
+
+for the splits `train` and (unless `mix.val_fraction` is 0) `val`. The writer is
+`phi_lib.data.pack` (stage 03). This module is the one definition of the layout and its
+reader, top-level so that stage 05 reads stage 03's files without importing stage 03
+(DESIGN.md: stages talk through files only).
 
     ds = PackedDataset("outputs/smoke/03_mix", split="train")
     for batch, next_sample in ds.iter_batches(micro_batch_size=8, rank=r, world_size=w,
@@ -13,11 +26,30 @@ disjoint windows and together cover every window exactly once per epoch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 
 from phi_lib.io import read_json
+
+TOKEN_DTYPE = np.uint16
+"""Token ids on disk: the codegen-350M-mono vocabulary (50295 ids) fits 16 bits."""
+MIX_FILE = "mix.json"
+INDEX_FILE = "index.json"
+DOC_STARTS_FILE = "doc_starts.npy"
+SPLITS = ("train", "val")
+FINETUNE_DIR = "finetune"
+"""Subfolder of `03_mix/` holding the finetune set as a packed mixture of its own."""
+
+
+def shard_name(k: int) -> str:
+    return f"shard-{k:05d}.bin"
+
+
+def read_index(folder: Union[str, Path]) -> Optional[dict]:
+    """A split folder's `index.json`, or None if the split is not (completely) written."""
+    path = Path(folder) / INDEX_FILE
+    return read_json(path) if path.is_file() else None
 
 
 class PackedDataset:
@@ -25,14 +57,14 @@ class PackedDataset:
 
     def __init__(self, mix_dir: Union[str, Path], split: str = "train"):
         self.mix_dir = Path(mix_dir)
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        mix_json = self.mix_dir / "mix.json"
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        mix_json = self.mix_dir / MIX_FILE
         if not mix_json.is_file():
             raise FileNotFoundError(f"{mix_json} not found: stage 03 (mix) has not finished in "
                                     f"{self.mix_dir}")
         self.mix = read_json(mix_json)
-        index_path = self.mix_dir / split / "index.json"
+        index_path = self.mix_dir / split / INDEX_FILE
         if split not in self.mix.get("splits", {}) or not index_path.is_file():
             raise FileNotFoundError(f"{self.mix_dir}: no {split!r} split (val_fraction 0?)")
         self.split = split
@@ -47,7 +79,7 @@ class PackedDataset:
         if sum(len(s) for s in self._shards) != self._n:
             raise ValueError(f"{index_path}: shards hold {sum(len(s) for s in self._shards)} "
                              f"windows, the index says {self._n}")
-        self._doc_starts = np.load(self.mix_dir / split / "doc_starts.npy", mmap_mode="r")
+        self._doc_starts = np.load(self.mix_dir / split / DOC_STARTS_FILE, mmap_mode="r")
         self._phases = [(p["start_window"], p["end_window"]) for p in self.index["phases"]] or [(0, self._n)]
         self._perm_cache: tuple[tuple[int, int], np.ndarray] | None = None
 
@@ -99,7 +131,7 @@ class PackedDataset:
 
     def batch(self, windows: np.ndarray) -> np.ndarray:
         """Windows gathered into a (B, seq_len) uint16 array."""
-        out = np.empty((len(windows), self.seq_len), dtype=self._shards[0].dtype if self._shards else np.uint16)
+        out = np.empty((len(windows), self.seq_len), dtype=self._shards[0].dtype if self._shards else TOKEN_DTYPE)
         shard_of = windows // self._per_shard
         for k in np.unique(shard_of):
             m = shard_of == k
