@@ -349,6 +349,28 @@ class PhaseConfig:
 
 
 @dataclass
+class MixFinetuneConfig:
+    """A finetune set that stage 03 packs as a mixture of its own into `03_mix/finetune/`
+    (same tokenizer, `seq_len` and seed), for stage 05's `train.finetune` (phi-1: CodeExercises,
+    <180M tokens of exercises, after the CodeTextbook pretraining)."""
+
+    source: Optional[str] = None
+    """Its documents: a name in `mix.sources`, or a path as in `mix.sources.*.path` (a stage
+    output such as `01_synthesize/code_exercises`, or a corpus path); empty = no finetune set."""
+    total_tokens: Optional[int] = None
+    """Token budget of its packed stream; empty = what `train.finetune` consumes, its max_steps x
+    global_batch_size x `mix.seq_len` (phi-1: 6K x 256 x 2048 = 3.1B tokens, ~17 epochs of
+    CodeExercises), filled in at load so that stage 03's hash covers it. A smaller budget is
+    repeated by the loader, in a fresh order each epoch."""
+
+    def check(self) -> None:
+        if self.source is not None and not self.source.strip():
+            _fail("source", "is empty: name a source or a path, or leave it unset (null)")
+        if self.total_tokens is not None:
+            _positive("total_tokens", self.total_tokens)
+
+
+@dataclass
 class MixConfig:
     """Stage 03: mixture, tokenization and packing (phi-1.5 sec. 2)."""
 
@@ -372,6 +394,8 @@ class MixConfig:
     """Tokens per packed `.bin` shard (512 MiB of uint16), rounded down to whole windows."""
     phases: list[PhaseConfig] = field(default_factory=list)
     """Optional phase schedule (phi-3); empty = one phase with the source weights."""
+    finetune: MixFinetuneConfig = field(default_factory=MixFinetuneConfig)
+    """Optional finetune set packed beside the mixture (phi-1's CodeExercises)."""
 
     def check(self) -> None:
         _positive("total_tokens", self.total_tokens)
@@ -398,6 +422,9 @@ class MixConfig:
         if ends and ends[-1] != self.total_tokens:
             _fail(f"phases.{len(ends) - 1}.until_tokens", f"the last phase must end at "
                   f"total_tokens={self.total_tokens}, got {ends[-1]}")
+        ft = self.finetune.total_tokens
+        if self.finetune.source is not None and ft is not None and ft < self.seq_len:
+            _fail("finetune.total_tokens", f"{ft} is less than one window of seq_len={self.seq_len}")
 
 
 # ----------------------------------------------------------------------------- 04 model
@@ -475,14 +502,12 @@ class ModelConfig:
 # ----------------------------------------------------------------------------- 05 train
 @dataclass
 class FinetuneConfig:
-    """A finetune after pretraining (phi-1 on CodeExercises: lr 1e-4, warmup 50, wd 0.01)."""
+    """A finetune after pretraining (phi-1 on CodeExercises: lr 1e-4, warmup 50, wd 0.01), on the
+    finetune set stage 03 packed into `03_mix/finetune/` (its documents: `mix.finetune`)."""
 
     enabled: bool = False
-    """Run the finetune after pretraining, starting from its last checkpoint."""
-    source: str = "01_synthesize/code_exercises"
-    """Documents to finetune on: a name in `mix.sources`, or a path as in `mix.sources.*.path`
-    (a stage output such as `01_synthesize/code_exercises`, or a corpus path); stage 05 packs
-    them with the mix tokenizer and `mix.seq_len` into `05_train/finetune_data/`."""
+    """Run the finetune after pretraining, starting from its last checkpoint (needs
+    `mix.finetune.source`)."""
     lr: float = 1e-4
     """Peak learning rate."""
     warmup_steps: int = 50
@@ -740,6 +765,20 @@ class Config:
     params_file: Optional[str] = None
     """The params file this config was loaded from (set by `load`)."""
 
+    def check(self) -> None:
+        """Rules across sections (each section checked its own fields before)."""
+        if self.train.finetune.enabled and self.mix.finetune.source is None:
+            _fail("train.finetune.enabled", "the finetune trains on the set stage 03 packs into "
+                  "03_mix/finetune/, but mix.finetune.source is not set: name its documents there "
+                  "(phi-1: 01_synthesize/code_exercises) or set train.finetune.enabled=false")
+
+    def finetune_tokens(self) -> int:
+        """`mix.finetune.total_tokens`, or by default the tokens `train.finetune` consumes."""
+        if self.mix.finetune.total_tokens is not None:
+            return self.mix.finetune.total_tokens
+        ft = self.train.finetune
+        return ft.max_steps * ft.global_batch_size * self.mix.seq_len
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -788,9 +827,18 @@ def load(params: Union[str, Path, dict, None] = None, overrides: Optional[dict] 
     cfg = _build(Config, raw, "")
     for key, value in (overrides or {}).items():
         _apply_override(cfg, key, value)
+    _resolve(cfg)
     _check_tree(cfg, "")
     cfg.params_file = source
     return cfg
+
+
+def _resolve(cfg: Config) -> None:
+    """Fill in defaults that come from another section, so the hash of the section holding
+    them covers them (stage 03 packs the finetune budget that stage 05's settings imply)."""
+    ft = cfg.mix.finetune
+    if ft.source is not None and ft.total_tokens is None and cfg.finetune_tokens() > 0:
+        ft.total_tokens = cfg.finetune_tokens()  # not > 0: train.finetune's check names the key
 
 
 def parse_set(items: list[str]) -> dict[str, str]:
@@ -848,7 +896,8 @@ def _build(cls: type, raw: Any, path: str) -> Any:
     for key, value in raw.items():
         key_path = f"{path}.{key}" if path else str(key)
         if key not in fields or (cls is Config and key == "params_file"):
-            _fail(key_path, _unknown(key, [f for f in fields if f != "params_file"], "key"))
+            _fail(key_path, _unknown(key, [f for f in fields if f != "params_file"], "key")
+                  + _moved(key_path))
         kwargs[key] = _coerce(hints[key], value, key_path, from_string=False)
     return cls(**kwargs)
 
@@ -921,7 +970,7 @@ def _apply_override(cfg: Config, key: str, value: Any) -> None:
         if dataclasses.is_dataclass(obj):
             names = [f.name for f in dataclasses.fields(obj) if f.name != "params_file"]
             if part not in names:
-                _fail(here, _unknown(part, names, "key"))
+                _fail(here, _unknown(part, names, "key") + _moved(here))
             if last:
                 tp = typing.get_type_hints(type(obj))[part]
                 setattr(obj, part, _coerce(tp, value, here, from_string=isinstance(value, str)))
@@ -971,6 +1020,14 @@ def _unknown(name: str, known, what: str) -> str:
     close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown {what} {name!r}{hint} (known: {', '.join(map(str, known))})"
+
+
+MOVED_KEYS = {"train.finetune.source": "mix.finetune.source"}
+"""Keys that moved to another section, so an old params file is told where they went."""
+
+
+def _moved(key_path: str) -> str:
+    return f"; it moved to {MOVED_KEYS[key_path]}" if key_path in MOVED_KEYS else ""
 
 
 def _one_of(name: str, value: Any, allowed: tuple, what: str = "value") -> None:

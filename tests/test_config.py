@@ -152,6 +152,38 @@ def test_stage_hash_follows_dependencies():
     assert STAGES["03"].config_hash(a) != STAGES["03"].config_hash(c)  # reads 01's output
 
 
+def test_finetune_reads_a_set_that_stage_03_packs():
+    with pytest.raises(ConfigError, match=r"^train\.finetune\.enabled: .*03_mix/finetune/, but "
+                                          r"mix\.finetune\.source is not set"):
+        load({}, {"train.finetune.enabled": "true"})
+    with pytest.raises(ConfigError, match=r"^train\.finetune\.source: unknown key 'source'.*; "
+                                          r"it moved to mix\.finetune\.source$"):
+        load({"train": {"finetune": {"source": "01_synthesize/code_exercises"}}})
+    with pytest.raises(ConfigError, match=r"^mix\.finetune\.total_tokens: 10 is less than one "
+                                          r"window of seq_len=16"):
+        load({}, {"mix.finetune.source": "x", "mix.finetune.total_tokens": "10",
+                  "mix.seq_len": "16", "mix.total_tokens": "100"})
+    with pytest.raises(ConfigError, match=r"^mix\.finetune\.source: is empty"):
+        load({}, {"mix.finetune.source": " "})
+
+
+def test_finetune_budget_defaults_to_what_the_finetune_consumes_under_stage_03s_hash():
+    from phi_lib.stages import STAGES
+
+    def ft(**o):
+        return load({}, {"mix.finetune.source": "x", **o})
+
+    a = ft(**{"train.finetune.max_steps": "10", "train.finetune.global_batch_size": "4"})
+    assert a.mix.finetune.total_tokens == 10 * 4 * 2048  # steps x batch x mix.seq_len
+    b = ft(**{"train.finetune.max_steps": "20", "train.finetune.global_batch_size": "4"})
+    assert STAGES["03"].config_hash(a) != STAGES["03"].config_hash(b)  # a longer finetune repacks
+    c = ft(**{"mix.finetune.total_tokens": "4096", "train.finetune.max_steps": "20"})
+    assert c.mix.finetune.total_tokens == 4096  # an explicit budget stays
+    # without a finetune set the finetune's settings leave stage 03 alone
+    assert STAGES["03"].config_hash(load({})) == STAGES["03"].config_hash(
+        load({}, {"train.finetune.max_steps": "20"}))
+
+
 def test_cli_bad_params_is_one_line_naming_the_key(tmp_path):
     p = write(tmp_path, "bad.yaml", "train:\n  warmup_steps: 900\n  max_steps: 100\n")
     r = subprocess.run([sys.executable, "-m", "phi_lib", "run", str(p)], capture_output=True,

@@ -99,3 +99,65 @@ def test_tokenization_resumes_without_duplicates(tmp_path, corpora):  # noqa: F8
     assert np.array_equal(np.asarray(resumed.tokens), np.asarray(full.tokens))
     assert np.array_equal(resumed.hashes, full.hashes)
     assert resumed.state["read_records"] == 300 and resumed.state["corrupt"] == 0
+
+
+def _stream_docs(mix_dir, split, tok):
+    """The documents of a packed split, decoded (whole ones only: the tail is cut)."""
+    from phi_lib.packed import PackedDataset
+
+    ds = PackedDataset(mix_dir, split)
+    text = tok.decode(np.concatenate([ds[i] for i in range(len(ds))]).tolist())
+    return text.split("<|endoftext|>")[:-1]
+
+
+def test_finetune_set_is_packed_beside_the_mixture_and_removed_when_unset(tmp_path, corpora):  # noqa: F811
+    from phi_lib.data.tokenizer import load_tokenizer
+
+    data_tmp, _ = corpora
+    alpha = {"alpha": {"path": str(data_tmp / "data/corpora/alpha"), "weight": 1.0}}
+    ft = {"finetune.source": str(data_tmp / "data/corpora/beta"), "finetune.total_tokens": 3000}
+    b = build(mix_config(tmp_path, alpha, total_tokens=2000, seq_len=16, val_fraction=0.1, **ft))
+    table = b.pack()  # packed already: a rerun resumes and returns the same table
+    assert list(table.index) == ["train", "val", "finetune/train", "finetune/val"]
+    assert table.loc["finetune/train", "windows"] == 3000 // 16
+    tok = load_tokenizer("codegen-350M-mono", data_dir=str(tmp_path / "data"))
+    ft_docs = _stream_docs(b.out / "finetune", "train", tok)
+    assert ft_docs and all(d.startswith("beta") for d in ft_docs)  # the finetune set only
+    assert all(d.startswith("alpha") for d in _stream_docs(b.out, "train", tok))
+    mix = json.loads((b.out / "mix.json").read_text())
+    assert list(mix["sources"]) == ["alpha"] and mix["finetune"]["name"] == "finetune"
+    assert mix["finetune"]["epochs"] > 1  # 60 short documents repeated to fill 3000 tokens
+    assert (b.out / "finetune" / "tokenized" / "finetune" / "tokens.bin").is_file()
+    man = json.loads((b.out / "manifest.json").read_text())
+    assert man["metrics"]["finetune_windows"] == 3000 // 16 and man["counts"]["finetune/docs"] == 60
+    # the same run without a finetune set: the stale set is gone, stage 05 cannot read it
+    b = build(mix_config(tmp_path, alpha, total_tokens=2000, seq_len=16, val_fraction=0.1))
+    assert not (b.out / "finetune").exists() and "finetune" not in json.loads(
+        (b.out / "mix.json").read_text())
+
+
+def test_finetune_set_named_in_the_mixture_shares_its_tokens_and_validation_split(tmp_path, corpora):  # noqa: F811
+    data_tmp, _ = corpora
+    sources = {"alpha": {"path": str(data_tmp / "data/corpora/alpha"), "weight": 0.6},
+               "beta": {"path": str(data_tmp / "data/corpora/beta"), "weight": 0.4}}
+    b = build(mix_config(tmp_path, sources, total_tokens=4000, seq_len=16, val_fraction=0.1,
+                         **{"finetune.source": "beta", "finetune.total_tokens": 800}))
+    assert not (b.out / "finetune" / "tokenized").exists()  # the mixture's cache of beta
+    main = json.loads((b.out / "mix.json").read_text())
+    ft = json.loads((b.out / "finetune" / "mix.json").read_text())
+    assert list(ft["sources"]) == ["beta"] and ft["seq_len"] == 16 and ft["seed"] == 7
+    # same seed and fraction: the finetune's validation documents are the mixture's
+    assert ft["sources"]["beta"]["val_docs"] == main["sources"]["beta"]["val_docs"] > 0
+
+
+def test_missing_finetune_set_names_its_key(tmp_path, corpora):  # noqa: F811
+    from phi_lib.data import MixBuilder
+
+    data_tmp, _ = corpora
+    cfg = mix_config(tmp_path, {"alpha": {"path": str(data_tmp / "data/corpora/alpha"), "weight": 1.0}},
+                     total_tokens=500, seq_len=16,
+                     **{"finetune.source": "01_synthesize/code_exercises"})
+    with pytest.raises(SourceError, match=r"^mix\.finetune\.source: '01_synthesize/code_exercises' is "
+                                          r"an output of stage 01 but .* does not exist: run stage 01 "
+                                          r".*--set mix\.finetune\.source=corpora/"):
+        MixBuilder(cfg, tmp_path / "o").resolve()

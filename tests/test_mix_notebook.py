@@ -1,5 +1,5 @@
 """Notebook 03 through the runner (papermill), sources pointed at corpora of the data folder
-so it runs without stages 01/02; then the loader reads what it wrote."""
+so it runs without stages 01/02, with a finetune set; then the loader reads what it wrote."""
 import json
 
 import pytest
@@ -16,7 +16,8 @@ def test_mix_notebook_runs_on_corpora(tmp_path):
     res = run(project_root() / "params" / "smoke.yaml", stages=["03"], report=False, overrides={
         "run.output_root": str(tmp_path), "mix.total_tokens": "60000", "mix.num_proc": "2",
         "mix.sources": {"web": {"path": "corpora/web/c4-en", "weight": 0.5},
-                        "textbooks": {"path": "corpora/textbook/dolma-synthetic-topics", "weight": 0.5}}},
+                        "textbooks": {"path": "corpora/textbook/dolma-synthetic-topics", "weight": 0.5}},
+        "mix.finetune.source": "textbooks", "mix.finetune.total_tokens": "6400"},
         log=lambda *_: None)
     assert [s.status for s in res.statuses if s.stage == "03"] == ["done"]
     out = res.cfg.run_dir / "03_mix"
@@ -26,3 +27,7 @@ def test_mix_notebook_runs_on_corpora(tmp_path):
     ds = PackedDataset(out, "train")
     assert ds.seq_len == 128 and len(ds) == man["metrics"]["train_windows"] > 400
     assert len(PackedDataset(out, "val")) > 0
+    # the finetune set: packed beside the mixture, shown in the notebook's pack table
+    assert man["metrics"]["finetune_windows"] == len(PackedDataset(out / "finetune", "train")) == 50
+    executed = (out / "executed.ipynb").read_text()
+    assert "finetune/train" in executed and "finetune/val" in executed

@@ -56,6 +56,10 @@ def test_phi_1_recipe_and_finetune():
     f = t.finetune
     assert (f.enabled, f.lr, f.warmup_steps, f.weight_decay, f.global_batch_size, f.max_steps) == (
         True, 1e-4, 50, 0.01, 256, 6000)
-    base = load(project_root() / "params/phi-1-base.yaml").train
-    assert base.max_steps == 24000 and not base.finetune.enabled
+    # stage 03 packs CodeExercises; its budget is what the finetune consumes (6K x 256 x 2048)
+    assert cfg.mix.finetune.source == "01_synthesize/code_exercises"
+    assert cfg.mix.finetune.total_tokens == 6000 * 256 * 2048
+    base = load(project_root() / "params/phi-1-base.yaml")
+    assert base.train.max_steps == 24000 and not base.train.finetune.enabled
+    assert base.mix.finetune.source is None
     assert load(project_root() / "params/phi-1-small.yaml").model.preset == "phi-1-small"

@@ -17,8 +17,9 @@ def shared() -> Path:
     return Path(os.environ.get("PHI_DATA", ROOT.parent / "shared"))
 
 
-def build_tiny_mix(folder: Path, seq_len: int = 64) -> Path:
-    """`folder/03_mix` from ~40K tokens of real CCNet web documents."""
+def build_tiny_mix(folder: Path, seq_len: int = 64, **mix) -> Path:
+    """`folder/03_mix` from ~40K tokens of real CCNet web documents (`mix` overrides more
+    `mix.*` keys, e.g. `**{"finetune.source": "web"}`)."""
     import datasets
 
     from phi_lib.data import MixBuilder
@@ -30,7 +31,7 @@ def build_tiny_mix(folder: Path, seq_len: int = 64) -> Path:
     cfg = load({"run": {"name": "mix", "seed": 7, "output_root": str(folder)}},
                {"mix.sources": {"web": {"hf_dataset": str(folder / "docs")}},
                 "mix.total_tokens": 40_000, "mix.seq_len": seq_len, "mix.val_fraction": 0.1,
-                "mix.num_proc": 1})
+                "mix.num_proc": 1, **{f"mix.{k}": v for k, v in mix.items()}})
     out = cfg.run_dir / "03_mix"
     out.mkdir(parents=True, exist_ok=True)
     b = MixBuilder(cfg, out, progress=False)
@@ -45,8 +46,9 @@ def tiny_mix(tmp_path_factory) -> Path:
     return build_tiny_mix(tmp_path_factory.mktemp("train_mix"))
 
 
-def train_config(tmp: Path, mix_dir: Path, name: str = "t", **train):
-    """A run in `tmp/<name>` over `mix_dir` (linked as its 03_mix) with the tiny model."""
+def train_config(tmp: Path, mix_dir: Path, name: str = "t", mix: dict | None = None, **train):
+    """A run in `tmp/<name>` over `mix_dir` (linked as its 03_mix) with the tiny model;
+    `mix` overrides `mix.*` keys (as the run that packed `mix_dir` had them)."""
     run_dir = tmp / name
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "03_mix").exists():
@@ -59,4 +61,5 @@ def train_config(tmp: Path, mix_dir: Path, name: str = "t", **train):
                  "train.keep_last": 2, "train.log_every": 1, "train.tensorboard": False,
                  "train.peak_tflops": 1.0}
     overrides.update({f"train.{k}": v for k, v in train.items()})
+    overrides.update({f"mix.{k}": v for k, v in (mix or {}).items()})
     return load(ROOT / "params" / "smoke.yaml", overrides)

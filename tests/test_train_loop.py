@@ -1,6 +1,7 @@
 """Stage 05 training on a tiny phi over real packed web text: the loss falls, checkpoints load
 in transformers, a kill -9 resumes onto the same loss curve bit for bit, a NaN stops with
 the last good checkpoint intact, and the finetune starts from the pretraining checkpoint."""
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from phi_lib.train.errors import TrainError
 from phi_lib.train.launcher import command, launch, prepare
 from phi_lib.train.loop import Trainer
 from phi_lib.train.metrics import read_metrics
-from test_train_fixtures import tiny_mix, train_config  # noqa: F401 - fixture
+from test_train_fixtures import build_tiny_mix, tiny_mix, train_config  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
 
@@ -106,18 +107,22 @@ def test_nan_loss_stops_with_a_clear_message_and_the_last_checkpoint_intact(tiny
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-def test_finetune_starts_from_the_pretraining_checkpoint(tiny_mix, tmp_path):  # noqa: F811
-    cfg = train_config(tmp_path, tiny_mix, "ft", max_steps=4, save_every=2, keep_last=1,
-                       eval_every=2, **{"finetune.enabled": True, "finetune.source": "web",
-                                        "finetune.max_steps": 4, "finetune.warmup_steps": 2,
-                                        "finetune.lr": 1e-3, "finetune.global_batch_size": 8,
-                                        "finetune.save_every": 2, "finetune.weight_decay": 0.01})
-    docs = tiny_mix.parent.parent / "docs"  # the datasets dir the tiny mix was built from
-    cfg.mix.sources["web"].hf_dataset = str(docs)
-    cfg.mix.sources["web"].path = None
+def test_finetune_starts_from_the_pretraining_checkpoint(tmp_path):
+    # stage 03 packs the finetune set (here the web source again) into 03_mix/finetune/, at
+    # most the 4 steps x 8 sequences x 64 tokens the finetune consumes (whole documents)
+    ft_mix = {"finetune.source": "web", "finetune.total_tokens": 4 * 8 * 64}
+    mix_dir = build_tiny_mix(tmp_path / "mix", **ft_mix)
+    packed = json.loads((mix_dir / "mix.json").read_text())["finetune"]
+    assert packed["source"] == "web" and 0 < packed["splits"]["train"]["n_windows"] <= 32
+    cfg = train_config(tmp_path, mix_dir, "ft", mix=ft_mix, max_steps=4,
+                       save_every=2, keep_last=1, eval_every=2,
+                       **{"finetune.enabled": True, "finetune.max_steps": 4,
+                          "finetune.warmup_steps": 2, "finetune.lr": 1e-3,
+                          "finetune.global_batch_size": 8, "finetune.save_every": 2,
+                          "finetune.weight_decay": 0.01})
     out = cfg.run_dir / "05_train"
-    files = prepare(cfg, out, progress=False)
-    assert (files["finetune_data"] / "mix.json").is_file()
+    files = prepare(cfg, out)
+    assert files["finetune_data"] == cfg.run_dir / "03_mix" / "finetune"
     Trainer(cfg, out).run()
     recs = read_metrics(out / "metrics.jsonl")
     assert [r["phase"] for r in recs] == ["pretrain"] * 4 + ["finetune"] * 4

@@ -10,7 +10,7 @@ from phi_lib.config import ConfigError, load
 from phi_lib.train import checkpoint as ckpt
 from phi_lib.train.deepspeed_config import ds_config
 from phi_lib.train.errors import LaunchError, describe, is_oom
-from phi_lib.train.launcher import check_hosts, command, commands, read_hostfile
+from phi_lib.train.launcher import check_hosts, command, commands, prepare, read_hostfile
 from phi_lib.train.schedule import lr_at
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +57,19 @@ def test_deepspeed_config_from_the_phi15_params():
 def test_indivisible_global_batch_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError, match="train.global_batch_size: 100 is not a multiple"):
         load(ROOT / "params" / "phi-1.5.yaml", {"train.global_batch_size": 100})
+
+
+def test_finetune_without_its_packed_set_fails_before_anything_is_written(tmp_path):
+    cfg = load(ROOT / "params" / "smoke.yaml", {
+        "run.output_root": str(tmp_path), "mix.finetune.source": "textbooks",
+        "train.finetune.enabled": "true", "train.finetune.max_steps": "2",
+        "train.finetune.global_batch_size": "4"})
+    out = cfg.run_dir / "05_train"
+    with pytest.raises(FileNotFoundError, match=r"^train\.finetune\.enabled: the finetune set "
+                       r".*03_mix/finetune has not been packed: run stage 03 with "
+                       r"mix\.finetune\.source set \(now 'textbooks'\)"):
+        prepare(cfg, out)
+    assert not out.exists()
 
 
 def test_latest_checkpoint_ignores_partial_dirs_and_prune_keeps_last_n(tmp_path):

@@ -65,8 +65,14 @@ class Source:
 
 
 def resolve_source(name: str, path: Optional[str], hf_dataset: Optional[str], *,
-                   text_field: str, run_dir: Path, data_dir: Optional[str] = None) -> Source:
-    """Resolve one `mix.sources.<name>` entry to local files or a `datasets` spec."""
+                   text_field: str, run_dir: Path, data_dir: Optional[str] = None,
+                   key: Optional[str] = None) -> Source:
+    """Resolve one `mix.sources.<name>` entry to local files or a `datasets` spec.
+
+    `key` is the config key holding `path`, named in errors (default `mix.sources.<name>.path`).
+    """
+    key = key or f"mix.sources.{name}.path"
+    where_key = key.removesuffix(".path")
     if hf_dataset is not None:
         return Source(name, text_field, hf_dataset=hf_dataset, data_dir=data_dir)
     stage = _STAGE_OUTPUT.match(path)
@@ -74,10 +80,10 @@ def resolve_source(name: str, path: Optional[str], hf_dataset: Optional[str], *,
         full = Path(run_dir) / path
         if not full.exists():
             raise SourceError(
-                f"mix.sources.{name}: {path!r} is an output of stage {stage.group(1)} but "
+                f"{where_key}: {path!r} is an output of stage {stage.group(1)} but "
                 f"{full} does not exist: run stage {stage.group(1)} first "
                 f"(`python -m phi_lib run <params> --stages {stage.group(1)}`) or point the "
-                f"source at a corpus (--set mix.sources.{name}.path=corpora/...)")
+                f"source at a corpus (--set {key}=corpora/...)")
         return Source(name, text_field, path=full, data_dir=data_dir)
     local = data_path(path, data_dir)
     if local is None:
@@ -85,7 +91,7 @@ def resolve_source(name: str, path: Optional[str], hf_dataset: Optional[str], *,
         where = (f"{Path(path) if Path(path).is_absolute() else root / path} does not exist"
                  if root is not None or Path(path).is_absolute()
                  else "no data folder is set (env PHI_DATA or run.data_dir)")
-        raise SourceError(f"mix.sources.{name}: corpus {path!r} not found: {where}")
+        raise SourceError(f"{where_key}: corpus {path!r} not found: {where}")
     return Source(name, text_field, path=local, data_dir=data_dir)
 
 

@@ -1,6 +1,6 @@
 """Start training as a subprocess and stream its log (a notebook kernel does not scale).
 
-    files = prepare(cfg, out)        # resolved config + DeepSpeed JSON (+ finetune data)
+    files = prepare(cfg, out)        # resolved config + DeepSpeed JSON (+ the finetune set's dir)
     result = launch(cfg, out)        # single process, `deepspeed` or `torchrun`; streams the log
 
 `single` runs `python -m phi_lib.train`; `deepspeed` runs the DeepSpeed launcher (one node, or
@@ -46,11 +46,12 @@ class LaunchResult:
     seconds: float
 
 
-def prepare(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
+def prepare(cfg: Config, out: Path) -> dict[str, Path]:
     """Write what the launched processes read: the resolved config (absolute output root)
-    and the DeepSpeed JSON; pack the finetune data if there is a finetune."""
-    from phi_lib.train.phases import prepare_finetune_data
+    and the DeepSpeed JSON; with a finetune, first check that stage 03 packed its set."""
+    from phi_lib.train.phases import finetune_data
 
+    ft = finetune_data(cfg) if cfg.train.finetune.enabled else None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     d = cfg.to_dict()
@@ -59,7 +60,6 @@ def prepare(cfg: Config, out: Path, progress: bool = True) -> dict[str, Path]:
     files = {"config": out / CONFIG_FILE, "deepspeed": out / "ds_config.json"}
     atomic_write_text(files["config"], yaml.safe_dump(d, sort_keys=False))
     write_ds_config(cfg.train, files["deepspeed"])
-    ft = prepare_finetune_data(cfg, out, progress=progress)
     if ft is not None:
         files["finetune_data"] = ft
     return files
