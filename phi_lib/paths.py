@@ -23,10 +23,12 @@ def project_root() -> Path:
 
 
 def data_dir(configured: Optional[str] = None) -> Optional[Path]:
-    """The data folder: `configured` (config `run.data_dir`), else env `PHI_DATA`, else None."""
+    """The data folder: `configured` (config `run.data_dir`), else env `PHI_DATA`, else
+    `../shared` beside the checkout when it exists (the layout the README describes), else None."""
     value = configured or os.environ.get("PHI_DATA")
     if not value:
-        return None
+        beside = project_root().parent / "shared"
+        return beside if (beside / "benchmarks").is_dir() else None
     path = Path(value).expanduser()
     if not path.is_absolute():
         path = project_root() / path

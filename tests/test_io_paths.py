@@ -28,8 +28,11 @@ def test_resolve_local_then_hub_then_clear_error(tmp_path, monkeypatch):
         resolve("benchmarks/y.jsonl")
 
 
-def test_no_data_folder_is_named(monkeypatch):
+def test_no_data_folder_is_named(monkeypatch, tmp_path):
+    import phi_lib.paths
+
     monkeypatch.delenv("PHI_DATA", raising=False)
+    monkeypatch.setattr(phi_lib.paths, "project_root", lambda: tmp_path / "checkout")
     assert data_path("tokenizers") is None
     with pytest.raises(MissingDataError, match="no data folder is set"):
         resolve("tokenizers/gpt2")
@@ -98,3 +101,13 @@ def test_sharded_writer_drops_torn_last_line(tmp_path):
         f.write('{"id": "c", "te')  # killed mid-write
     w2 = ShardedJsonlWriter(tmp_path, shard_size=100)
     assert w2.has("a") and w2.has("b") and not w2.has("c")
+
+
+def test_shared_beside_the_checkout_is_the_default(monkeypatch, tmp_path):
+    import phi_lib.paths
+
+    (tmp_path / "shared" / "benchmarks").mkdir(parents=True)
+    monkeypatch.delenv("PHI_DATA", raising=False)
+    monkeypatch.setattr(phi_lib.paths, "project_root", lambda: tmp_path / "checkout")
+    assert phi_lib.paths.data_dir() == tmp_path / "shared"
+    assert phi_lib.paths.data_dir("elsewhere") == tmp_path / "checkout" / "elsewhere"
