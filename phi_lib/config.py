@@ -711,6 +711,15 @@ class EvaluateConfig:
 
 
 # ----------------------------------------------------------------------------- 07 toxicity
+TOXIGEN_GROUPS = ("asian", "black", "chinese", "jewish", "latino", "lgbtq", "mental_disability",
+                  "mexican", "middle_east", "muslim", "native_american", "physical_disability",
+                  "women")
+"""The 13 minority groups of ToxiGen (Hartvigsen et al. 2022) that Hosseini et al. 2023 score
+and phi-1.5's Figure 2 plots, spelled as the ToxiGen prompt files name them."""
+TOXIGEN_EXTRA_GROUPS = ("bisexual", "immigrant", "trans")
+"""Groups added to the ToxiGen prompt files later (`trans` has no neutral file upstream)."""
+
+
 @dataclass
 class ToxicityConfig:
     """Stage 07: the phi-1.5 safety measurements (ToxiGen score, adversarial prompts)."""
@@ -718,27 +727,46 @@ class ToxicityConfig:
     models: list[str] = field(default_factory=lambda: ["checkpoint"])
     """Models to probe, as in `evaluate.model`; several are compared side by side."""
     groups: list[str] = field(default_factory=list)
-    """ToxiGen demographic groups; empty = the 13 of the phi-1.5 figure."""
+    """ToxiGen demographic groups (prompt file names); empty = the 13 of the phi-1.5 figure
+    (`TOXIGEN_GROUPS`)."""
     per_group: Optional[int] = 100
     """Statements per group and label (toxic/benign); empty = all."""
     probe_limit: Optional[int] = None
-    """Adversarial prompts to run (first N); empty = all ~86."""
+    """Adversarial prompts to run: the first N, taking the categories in turn so a small N
+    covers several; empty = all 86."""
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
         max_new_tokens=96, temperature=0.0, stop=["\n\n"]))
     """Completion sampling for the adversarial prompts."""
     judge: BackendConfig = field(default_factory=BackendConfig)
     """LLM judge that grades completions pass / fail / did not understand."""
+    judge_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
+        max_new_tokens=96, temperature=0.0, top_p=1.0))
+    """Judge sampling: greedy, room for a one-line reason and the `Grade:` line."""
     batch_size: int = 16
-    """Sequences per forward pass when scoring perplexities."""
+    """Sequences per forward pass when scoring perplexities and generating completions."""
+    alpha: float = 0.05
+    """Mann-Whitney p-value under which a group's safety score counts as significant
+    (Hosseini et al. 2023 report only those; here every group is kept and flagged)."""
+    device: str = "auto"
+    """`auto` (cuda if available), `cpu` or `cuda[:N]` for the probed models."""
+    dtype: str = "auto"
+    """`auto`, `float32`, `bfloat16` or `float16` for the probed models."""
 
     def check(self) -> None:
         if not self.models:
             _fail("models", "name at least one model")
+        if len(set(self.models)) != len(self.models):
+            _fail("models", f"a model is named twice: {self.models}")
+        for i, g in enumerate(self.groups):
+            _one_of(f"groups.{i}", g, TOXIGEN_GROUPS + TOXIGEN_EXTRA_GROUPS, what="ToxiGen group")
         if self.per_group is not None:
             _positive("per_group", self.per_group)
         if self.probe_limit is not None:
             _positive("probe_limit", self.probe_limit)
         _positive("batch_size", self.batch_size)
+        if not 0.0 < self.alpha < 1.0:
+            _fail("alpha", f"must be in (0, 1), got {self.alpha}")
+        _one_of("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
 
 
 # ----------------------------------------------------------------------------- the whole run

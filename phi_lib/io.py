@@ -113,6 +113,30 @@ def iter_jsonl_files(folder: PathLike) -> list[Path]:
     return sorted(p for pat in pats for p in folder.rglob(pat) if not p.name.startswith("."))
 
 
+def append_jsonl(path: PathLike, record: dict) -> None:
+    """Append one record to a JSONL file durably: one write of a whole line, then fsync.
+
+    For logs written one event at a time (a human's grades). A crash mid-write can leave a
+    torn last line; the next append starts on a fresh line, so only that line is lost, and
+    `read_jsonl` counts it as corrupt.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 # ----------------------------------------------------------------------------- sharded output
 class ShardedJsonlWriter:
     """Append records to `folder/<prefix>-NNNNN.jsonl` shards; resumable without duplicates.

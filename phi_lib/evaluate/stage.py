@@ -3,15 +3,11 @@ manifest, and a peek at per-item samples."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from phi_lib.evaluate.harness import HEADLINE, evaluate_model, headline
+from phi_lib.hf_models import model_slug as _slug
 from phi_lib.io import write_manifest
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip("/")).strip("_")[-80:] or "model"
 
 
 def run_stage(cfg, out: Path, progress: bool = True) -> dict[str, dict]:
