@@ -28,6 +28,7 @@ def test_mix_notebook_runs_on_corpora(tmp_path):
     assert ds.seq_len == 128 and len(ds) == man["metrics"]["train_windows"] > 400
     assert len(PackedDataset(out, "val")) > 0
     # the finetune set: packed beside the mixture, shown in the notebook's pack table
-    assert man["metrics"]["finetune_windows"] == len(PackedDataset(out / "finetune", "train")) == 50
+    n = man["metrics"]["finetune_windows"]
+    assert n == len(PackedDataset(out / "finetune", "train")) and 45 <= n <= 6400 // 128  # whole docs
     executed = (out / "executed.ipynb").read_text()
     assert "finetune/train" in executed and "finetune/val" in executed
