@@ -24,6 +24,8 @@ requests are batched longest-first, right-padded, exactly as lm-eval does.
 """
 from __future__ import annotations
 
+import inspect
+
 from collections import defaultdict
 from typing import Optional, Sequence
 
@@ -228,9 +230,9 @@ def _score_shared(model, ctxs: list[list[int]],
             mask[r, :lens[g]] = 1
             mask[r, width_c:width_c + len(t)] = 1
             pos[r] = torch.arange(lens[g], lens[g] + width)
-        past = _select_cache(first.past_key_values, torch.tensor(owner, device=dev))
+        past = _select_cache(_output_cache(first), torch.tensor(owner, device=dev))
         logits = model(ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                       past_key_values=past, use_cache=True).logits
+                       use_cache=True, **{_cache_kwarg(model): past}).logits
         logprobs = F.log_softmax(logits, dim=-1)
         for r, (g, c) in enumerate(zip(owner, flat)):
             rows = torch.cat([first_lp[g:g + 1], logprobs[r, :len(c) - 1]], dim=0)
@@ -240,6 +242,16 @@ def _score_shared(model, ctxs: list[list[int]],
         out.append(results[k:k + len(cs)])
         k += len(cs)
     return out
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5.2x renamed `past_key_values` to `cache` (the old name goes in 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _output_cache(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def _select_cache(cache, index: torch.Tensor):
