@@ -117,8 +117,8 @@ class BenchmarkNgrams:
               key: str = "decontaminate_against") -> "BenchmarkNgrams":
         cache = None
         if cache_dir is not None:
-            key = hashlib.sha256(json.dumps([sorted(names), n]).encode()).hexdigest()[:16]
-            cache = Path(cache_dir) / f"benchmark-ngrams-{n}-{key}.npz"
+            digest = hashlib.sha256(json.dumps([sorted(names), n]).encode()).hexdigest()[:16]
+            cache = Path(cache_dir) / f"benchmark-ngrams-{n}-{digest}.npz"
             if cache.is_file():
                 z = np.load(cache)
                 return cls(z["hashes"], z["owners"], [str(x) for x in z["names"]], n)

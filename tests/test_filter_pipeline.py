@@ -1,5 +1,6 @@
 """Stage 02 with real models: the datatrove block filters a corpus end to end through
-datatrove's LocalPipelineExecutor, and the notebook runs through the papermill runner."""
+datatrove's LocalPipelineExecutor, and notebook 02 of the smoke run (the session `smoke_run`) wrote
+consistent annotations, classifier, kept shards and manifest."""
 import json
 
 import numpy as np
@@ -64,23 +65,27 @@ def test_datatrove_block_filters_a_corpus_end_to_end(tmp_path):
 
 
 @pytest.mark.notebooks
-def test_notebook_02_through_the_runner(tmp_path):
-    from phi_lib.run import run
+def test_stage_02_outputs_of_the_smoke_run(smoke_run):
     from phi_lib.filter import load_classifier
 
-    res = run("params/smoke.yaml", stages=["02"], overrides={
-        "run.output_root": str(tmp_path), "filter.max_docs": 40, "filter.n_annotate": 8,
-        "filter.n_estimators": 20}, report=False)
-    out = res.cfg.run_dir / "02_filter_web"
+    cfg = smoke_run.cfg
+    out = cfg.run_dir / "02_filter_web"
+    assert (out / "executed.ipynb").is_file()
     man = json.loads((out / "manifest.json").read_text())
-    assert man["counts"]["web/annotations/annotated"] == 8 == man["counts"]["code/annotations/annotated"]
+    n = cfg.filter.n_annotate
+    assert man["counts"]["web/annotations/annotated"] == n == man["counts"]["code/annotations/annotated"]
     assert sorted(man["figures"]) == ["classifier.png", "scores.png"]
+    assert man["counts"]["corrupt_output_records"] == 0
     ann = [json.loads(line) for line in (out / "annotations.jsonl").read_text().splitlines()]
-    assert len(ann) == 16 and all(r["status"] in ("ok", "no_score", "out_of_range", "empty", "error")
-                                  for r in ann)
+    assert len(ann) == 2 * n and all(r["status"] in ("ok", "no_score", "out_of_range", "empty", "error")
+                                     for r in ann)
     for kind, folder in (("web", "kept"), ("code", "kept_code")):
         kept = [json.loads(line) for p in (out / folder).glob("*.jsonl") for line in p.read_text().splitlines()]
-        assert kept and len(kept) == man["counts"][f"{kind}/kept"]
+        info = json.loads((out / f"{folder}.json").read_text())
+        assert kept and len(kept) == man["counts"][f"{kind}/kept"] == sum(info["kept"].values())
         assert all({"id", "text", "source", "score"} <= set(d) for d in kept)
+        assert min(d["score"] for d in kept) >= info["threshold"] == man["metrics"][f"{kind}/threshold"]
+        for corpus, k in info["kept"].items():  # per source: kept <= read
+            assert 0 < k <= man["counts"][f"{kind}/{corpus}/read"]
     scores = load_classifier(out / "classifier").score(["The water cycle moves water from oceans to clouds."])
     assert len(scores) == 1 and isinstance(scores[0], float)

@@ -98,6 +98,14 @@ def test_decontamination_finds_benchmark_ngrams(tmp_path):
     assert len(again) == len(b) and again.names == ["humaneval", "openbookqa"]
 
 
+def test_missing_benchmark_names_the_config_key():
+    from phi_lib.decontaminate import BenchmarkNgrams
+    from phi_lib.paths import MissingDataError
+
+    with pytest.raises(MissingDataError, match=r"filter\.decontaminate_against: benchmark 'nope'"):
+        BenchmarkNgrams.build(["nope"], 13, key="filter.decontaminate_against")
+
+
 @pytest.mark.parametrize("head", ["random_forest", "ridge"])
 def test_classifier_on_separable_set_reaches_high_auc(head, tmp_path):
     from phi_lib.filter.classifier import load_classifier, train_classifier

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from phi_lib.io import ReadStats, ShardedJsonlWriter, atomic_write_text, read_jsonl
+from phi_lib.io import ReadStats, ShardedJsonlWriter, atomic_write_text, read_jsonl, read_jsonl_folder
 from phi_lib.paths import MissingDataError, data_path, resolve
 
 pytestmark = pytest.mark.unit
@@ -111,3 +111,16 @@ def test_shared_beside_the_checkout_is_the_default(monkeypatch, tmp_path):
     monkeypatch.setattr(phi_lib.paths, "project_root", lambda: tmp_path / "checkout")
     assert phi_lib.paths.data_dir() == tmp_path / "shared"
     assert phi_lib.paths.data_dir("elsewhere") == tmp_path / "checkout" / "elsewhere"
+
+
+def test_read_jsonl_folder_reads_shards_back_and_counts_corrupt_lines(tmp_path):
+    assert list(read_jsonl_folder(tmp_path / "not-yet")) == []  # a stage that has not run
+    with ShardedJsonlWriter(tmp_path / "out", "shard", shard_size=2) as w:
+        for i in range(5):
+            w.write({"id": str(i)})
+    (tmp_path / "out" / "sub").mkdir()
+    (tmp_path / "out" / "sub" / "x.jsonl").write_text('{"id": "5"}\n{broken\n')
+    (tmp_path / "out" / ".hidden.jsonl").write_text('{"id": "h"}\n')
+    stats = ReadStats()
+    ids = [r["id"] for r in read_jsonl_folder(tmp_path / "out", stats)]
+    assert ids == ["0", "1", "2", "3", "4", "5"] and stats.n_corrupt == 1

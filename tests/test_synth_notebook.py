@@ -18,6 +18,8 @@ def test_stage_01_outputs(smoke_run):
         assert len(kept) + len(dropped) == n == m["counts"][f"{kind}/generated"]
         assert len(kept) == m["counts"][f"{kind}/kept"]
         assert all(r["drop_reason"] for r in dropped)
+        assert all(r.get("drop_detail") for r in dropped  # says which check and why
+                   if r["drop_reason"] in ("exercise_truncated", "exercise_failed"))
         for r in kept:
             assert r["backend"] == "transformers" and r["model"] == "smollm2" and r["text"]
         assert m["metrics"][f"{kind}/tokens"] == sum(r["completion_tokens"] for r in kept)

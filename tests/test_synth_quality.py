@@ -92,9 +92,28 @@ def test_exercise_checker_drops_wrong_solutions(tmp_path):
     assert reasons(out, "code_exercises") == {
         1: "exercise_failed", 2: "exercise_no_asserts", 3: "exercise_missing_function",
         4: "exercise_timeout"}
+    failed = read_samples(out, "code_exercises", dropped=True)[0]
+    assert failed["index"] == 1 and failed["drop_detail"].startswith("AssertionError")
     [kept] = read_samples(out, "code_exercises")
     assert kept["index"] == 0 and kept["text"].startswith(f"def {names[0]}(")
     assert "```" not in kept["text"] and kept["completion"] == answers[0]
+
+
+def test_exercise_cut_by_max_new_tokens_is_named_truncated(tmp_path):
+    """A budget too small for the asserts: `exercise_truncated`, with the check that failed;
+    a complete exercise that still ran into the budget (no closing fence) is run as usual."""
+    cfg = load("params/smoke.yaml", {"run.output_root": str(tmp_path)})
+    cfg.synth.kinds, cfg.synth.decontaminate_against = {"code_exercises": 2}, []
+    specs = build_prompts(cfg.synth, seed_taxonomy(), cfg.run.seed)
+    names = [s.function_name for s in specs]
+    answers = {specs[0].prompt: GOOD.format(name=names[0]).split("assert")[0],
+               specs[1].prompt: GOOD.format(name=names[1]).rstrip("`\n")}
+    Synthesizer(cfg, tmp_path, ScriptedBackend(lambda p, s: answers[p], finish_reason="length")
+                ).run(specs, progress=False)
+    [drop] = read_samples(tmp_path, "code_exercises", dropped=True)
+    assert drop["index"] == 0 and drop["drop_reason"] == "exercise_truncated"
+    assert drop["drop_detail"].startswith("exercise_no_asserts: the completion hit max_new_tokens (48)")
+    assert [r["index"] for r in read_samples(tmp_path, "code_exercises")] == [1]
 
 
 def test_length_truncation_repetition_and_record_fields(tmp_path):
@@ -123,3 +142,10 @@ def test_extract_code_joins_fenced_blocks():
     text = "Here:\n```python\nx = 1\n```\ntext\n```\ny = 2\n```"
     assert extract_code(text) == "x = 1\n\ny = 2"
     assert extract_code("def f():\n    return 1") == "def f():\n    return 1"
+
+
+def test_missing_benchmark_names_the_synth_key(tmp_path):
+    from phi_lib.paths import MissingDataError
+
+    with pytest.raises(MissingDataError, match=r"synth\.decontaminate_against: benchmark 'nope'"):
+        make(tmp_path, {"textbook": [ESSAY]}, {"textbook": 1}, decontaminate_against=["nope"])

@@ -160,6 +160,10 @@ class Synthesizer:
                       or quality.check_repetition(rec["text"], cfg))
             if reason is None and rec["kind"] == "code_exercises":
                 reason, programs[i] = quality.exercise_program(rec["text"], rec["function_name"])
+                if reason and rec["finish_reason"] == "length":  # say why it is incomplete
+                    reason, rec["drop_detail"] = "exercise_truncated", (
+                        f"{reason}: the completion hit max_new_tokens "
+                        f"({cfg.sampling.max_new_tokens}) before the exercise was complete")
             if reason is None and cfg.decontaminate_against:
                 bench = self._benchmarks().match(rec["text"])
                 if bench is not None:
@@ -169,10 +173,10 @@ class Synthesizer:
                 programs.pop(i, None)
         if cfg.check_exercises and programs:
             idx = sorted(programs)
-            for i, reason in zip(idx, quality.run_exercises([programs[i] for i in idx],
-                                                            cfg.exercise_timeout_s)):
+            for i, (reason, detail) in zip(idx, quality.run_exercises([programs[i] for i in idx],
+                                                                      cfg.exercise_timeout_s)):
                 if reason:
-                    records[i]["drop_reason"] = reason
+                    records[i]["drop_reason"], records[i]["drop_detail"] = reason, detail
         for rec in records:  # last: only samples that pass everything enter the dedup index
             if not rec.get("drop_reason"):
                 dup = self.near.duplicate_of(rec["kind"], rec["id"], rec["text"])

@@ -1,8 +1,9 @@
 """Quality filters for generated samples; each returns why it drops a record, or None.
 
-Order (cheap first): length, truncation, repetition, exercise format, benchmark
-decontamination (13-gram, phi-1), near-duplicates (MinHash, against the samples kept so far),
-and last the sandboxed exercise run (the expensive one, done in parallel over a batch).
+Order (cheap first): truncation, length, repetition, exercise format, benchmark
+decontamination (13-gram, phi-1), the sandboxed exercise run (done in parallel over a
+batch), and last near-duplicates (MinHash against the samples kept so far: only a sample that
+passed everything else enters the index).
 """
 from __future__ import annotations
 
@@ -61,12 +62,17 @@ def exercise_program(text: str, function_name: str) -> tuple[Optional[str], str]
     return None, code
 
 
-def run_exercises(programs: list[str], timeout_s: float) -> list[Optional[str]]:
-    """Run each program (solution + asserts) in the sandbox; the drop reason of each, or None."""
+def run_exercises(programs: list[str], timeout_s: float) -> list[tuple[Optional[str], str]]:
+    """Run each program (solution + asserts) in the sandbox: per program (drop reason or None,
+    detail: the last line of its stderr, e.g. the AssertionError)."""
     from phi_lib.sandbox import run_programs
 
-    results = run_programs(programs, timeout_s=timeout_s, memory_mb=1024)
-    return [None if r.status == "passed" else f"exercise_{r.status}" for r in results]
+    out = []
+    for r in run_programs(programs, timeout_s=timeout_s, memory_mb=1024):
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        out.append((None if r.status == "passed" else f"exercise_{r.status}",
+                    lines[-1][:200] if lines else ""))
+    return out
 
 
 class NearDuplicates:
