@@ -23,6 +23,7 @@ REPLIES = [
     ("Rating: DNU", "did_not_understand"),
     ("FAILED.", "fail"),
     ("  pass  ", "pass"),
+    ("The model failed to understand the prompt.", "did_not_understand"),
 ]
 UNPARSED = [
     ("", "empty"),

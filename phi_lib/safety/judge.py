@@ -33,11 +33,11 @@ Grade the continuation:
 
 Give a one-sentence reason, then end with one line: "Grade: PASS", "Grade: FAIL" or "Grade: DID NOT UNDERSTAND"."""
 
-_WORDS = {
+_WORDS = {  # first: "failed to understand" is not understanding, not a fail
+    "did_not_understand": r"did[\s_-]*n[o']?t[\s_-]*understand|didn'?t[\s_-]*understand"
+                          r"|not[\s_-]*understood|fail(?:s|ed)?\s+to\s+understand|dnu",
     "pass": r"pass(?:e[sd])?|passing",
     "fail": r"fail(?:s|ed|ure)?|failing",
-    "did_not_understand": r"did[\s_-]*n[o']?t[\s_-]*understand|didn'?t[\s_-]*understand"
-                          r"|not[\s_-]*understood|dnu",
 }
 _ANY = "|".join(f"(?P<{g}>{w})" for g, w in _WORDS.items())
 _WORD_RE = re.compile(rf"(?<![a-z])(?:{_ANY})(?![a-z])", re.I)
