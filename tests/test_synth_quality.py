@@ -149,3 +149,12 @@ def test_missing_benchmark_names_the_synth_key(tmp_path):
 
     with pytest.raises(MissingDataError, match=r"synth\.decontaminate_against: benchmark 'nope'"):
         make(tmp_path, {"textbook": [ESSAY]}, {"textbook": 1}, decontaminate_against=["nope"])
+
+
+def test_distinct_n_of_the_diversity_report():
+    from phi_lib.synth.report import distinct_n
+
+    assert distinct_n(["a b a b"], 1) == 0.5  # 2 unique words of 4
+    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3)  # (a b), (b a), (a b)
+    assert distinct_n(["a b c", "a b c"], 3) == 0.5  # a copy adds n-grams, not unique ones
+    assert distinct_n([], 2) == 0.0 and distinct_n(["one"], 2) == 0.0
