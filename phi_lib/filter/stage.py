@@ -422,6 +422,8 @@ class FilterStage:
             counts[f"{kind}/kept"] = kept
         # shards are read several times: count each bad (file, line) once
         counts["corrupt_output_records"] = len({c[:2] for c in self.output_stats.corrupt})
+        if self._contam is not None:
+            counts["benchmark_lines_unchecked"] = self._contam.unreadable
         figures = [f for f in ("classifier.png", "scores.png") if (self.out / f).is_file()]
         return write_manifest(self.out, self.cfg, "02", metrics=metrics, counts=counts,
                               figures=figures,
