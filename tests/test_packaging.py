@@ -41,3 +41,17 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make smoke" in readme
     assert re.search(r"^make test$", ci, re.M)
+
+
+def test_ci_constraints_pin_every_dependency():
+    """`make setup` installs with .ci/constraints.txt: every dependency (and dev extra) has an
+    exact pin there, so a new upstream release cannot change what a fresh install gets."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(d) for d in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    lines = [x.strip() for x in (ROOT / ".ci" / "constraints.txt").read_text().splitlines()
+             if x.strip() and not x.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[A-Za-z0-9_.+\-]+", x) for x in lines), lines
+    pinned = {_name(x) for x in lines}
+    assert wanted - {"torch"} <= pinned, sorted(wanted - {"torch"} - pinned)
+    assert "torch" not in pinned  # the Makefile's TORCH picks the build (CPU file or CUDA)
+    assert "-c $(CONSTRAINTS)" in (ROOT / "Makefile").read_text()
