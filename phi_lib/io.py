@@ -39,6 +39,16 @@ def atomic_open(path: PathLike, mode: str = "w", **kwargs):
         raise
 
 
+def save_figure(fig, path: PathLike, dpi: int = 100) -> Path:
+    """Lay out and write a matplotlib figure atomically (format from the suffix): a plot a
+    stage's manifest names is never half-written."""
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+    return path
+
+
 def atomic_write_text(path: PathLike, text: str) -> None:
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(text)

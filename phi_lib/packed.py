@@ -26,11 +26,14 @@ disjoint windows and together cover every window exactly once per epoch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Union
 
 import numpy as np
 
 from phi_lib.io import read_json
+
+if TYPE_CHECKING:
+    import torch
 
 TOKEN_DTYPE = np.uint16
 """Token ids on disk: the codegen-350M-mono vocabulary (50295 ids) fits 16 bits."""

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import yaml
 
 from phi_lib.config import ConfigError, load
-from phi_lib.io import atomic_write_text
+from phi_lib.io import atomic_write_text, save_figure
 from phi_lib.report import collect_metrics
 from phi_lib.run import run
 
@@ -98,8 +98,7 @@ def write_comparison(rows: dict[str, dict[str, float]], out_dir: Path,
             ax.set_xlabel("")
         for ax in list(axes.flat)[len(shown):]:
             ax.axis("off")
-        fig.tight_layout()
-        fig.savefig(out_dir / "results.png", dpi=110)
+        save_figure(fig, out_dir / "results.png", dpi=110)
         plt.close(fig)
     return out_dir / "results.csv"
 

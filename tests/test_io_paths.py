@@ -124,3 +124,23 @@ def test_read_jsonl_folder_reads_shards_back_and_counts_corrupt_lines(tmp_path):
     stats = ReadStats()
     ids = [r["id"] for r in read_jsonl_folder(tmp_path / "out", stats)]
     assert ids == ["0", "1", "2", "3", "4", "5"] and stats.n_corrupt == 1
+
+
+def test_save_figure_writes_whole_files_only(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from phi_lib.io import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    png = save_figure(fig, tmp_path / "plots" / "a.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert save_figure(fig, tmp_path / "a.svg").read_text().lstrip().startswith("<?xml")
+    # a failure while drawing leaves the previous file and no temp file behind
+    monkeypatch.setattr(fig, "savefig", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("x")))
+    with pytest.raises(RuntimeError):
+        save_figure(fig, png)
+    assert png.read_bytes()[:4] == b"\x89PNG" and sorted(p.name for p in png.parent.iterdir()) == ["a.png"]

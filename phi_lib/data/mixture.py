@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from phi_lib.io import save_figure
+
 
 class MixtureWarning(UserWarning):
     """A source is repeated more epochs than `mix.max_epochs_warning`."""
@@ -140,7 +142,7 @@ class MixturePlan:
             ax2.legend(fontsize=8)
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path, dpi=100)
+            save_figure(fig, path)
         return fig
 
 

@@ -1,9 +1,6 @@
 """`python -m phi_lib eval --model M --tasks arc_easy,hellaswag --limit N --out DIR`."""
 from __future__ import annotations
 
-import argparse
-import json
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(

@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+from phi_lib.io import save_figure
+
 PAPER = {
     # phi-1.5 paper, table 1-3 (RECIPE.md "Evaluation"); GSM8K/HumanEval/MBPP in percent there
     "phi-1.5 (paper)": {"winogrande": .734, "arc_easy": .756, "arc_challenge": .444,
@@ -96,8 +98,5 @@ def bar_plot(runs: dict[str, dict], path: Union[str, Path], tasks: Optional[list
     ax.set_ylim(0, 1)
     ax.set_title("Benchmarks vs the phi-1.5 paper")
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     return fig

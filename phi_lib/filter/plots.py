@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from phi_lib.io import save_figure
+
 
 def plot_classifier(reports: dict, path: Path):
     import matplotlib.pyplot as plt
@@ -27,8 +29,7 @@ def plot_classifier(reports: dict, path: Path):
         row[1].set_xlabel("annotation score (judge)")
         row[1].set_ylabel("classifier score")
         row[1].set_title(f"{kind}: validation predictions")
-    fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     return fig
 
 
@@ -44,6 +45,5 @@ def plot_scores(scores: dict, thresholds: dict, label_threshold: float, path: Pa
         ax.set_ylabel("documents")
         ax.set_title(f"{kind}: {len(s)} scored")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     return fig

@@ -16,10 +16,10 @@ from typing import Any, Optional
 
 import torch
 
-from phi_lib.io import atomic_write_json, write_manifest
+from phi_lib.io import atomic_write_json, save_figure, write_manifest
 from phi_lib.model.config import PhiConfig
 from phi_lib.model.model import PhiForCausalLM
-from phi_lib.model.parity import PARITY_MAX_PARAMS, parity_check, shrink
+from phi_lib.model.parity import parity_check, shrink
 from phi_lib.model.planning import flops_per_token, memory_table, param_count
 
 SAMPLE_MAX_PARAMS = 200_000_000
@@ -103,7 +103,7 @@ class ModelStage:
         ax.legend(fontsize=8)
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path)
+            save_figure(fig, path)
         return fig
 
     def parity(self) -> dict[str, Any]:

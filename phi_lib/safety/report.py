@@ -7,8 +7,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from phi_lib.io import save_figure
 from phi_lib.safety.judge import GRADES
 from phi_lib.safety.safety_score import GroupScore
+
 
 PAPER_PROBES = {"phi-1.5": {"pass": 47, "fail": 34, "did_not_understand": 4}}
 """phi-1.5 sec. 6 (RECIPE.md "Safety"): hand grades of the 86 prompts; Llama2-7B and
@@ -56,10 +58,7 @@ def toxigen_plot(scores: dict[str, dict[str, GroupScore]], path: Union[str, Path
     ax.set_ylabel("safety score (higher = safer)")
     ax.set_title("ToxiGen safety score per group (Hosseini et al. 2023)")
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     return fig
 
 

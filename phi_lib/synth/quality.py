@@ -28,7 +28,7 @@ def repeated_ngram_fraction(text: str, n: int = 4) -> float:
 
 
 def check_length(text: str, cfg: SynthConfig) -> Optional[str]:
-    return f"too_short" if len(text.strip()) < cfg.min_chars else None
+    return "too_short" if len(text.strip()) < cfg.min_chars else None
 
 
 def check_truncated(finish_reason: str, cfg: SynthConfig) -> Optional[str]:

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from phi_lib.config import Config
+from phi_lib.io import save_figure
 from phi_lib.synth.generate import SynthSummary, read_samples
 from phi_lib.synth.topics import Topic
 
@@ -140,8 +141,7 @@ def diversity_report(cfg: Config, out: Path, topics: list[Topic], summary: Synth
 
 
 def _save(fig, path: Path) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 from phi_lib.config import Config
+from phi_lib.io import save_figure
 from phi_lib.train.mfu import GPU_PEAK_TFLOPS
 
 MPT_MFU = {"A100": 0.599, "H100": 0.418}
@@ -92,5 +93,5 @@ def plot_projection(table, cfg: Config, save=None):
     ax.legend(loc="lower right")
     fig.tight_layout()
     if save is not None:
-        fig.savefig(save, dpi=100)
+        save_figure(fig, save)
     return fig

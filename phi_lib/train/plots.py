@@ -4,7 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+from phi_lib.io import save_figure
 from phi_lib.train.metrics import read_metrics
+
 
 PANELS = (("loss", ("train_loss", "val_loss")), ("learning rate", ("lr",)),
           ("tokens/s", ("tokens_per_s",)), ("fp16 loss scale", ("loss_scale",)))
@@ -47,7 +49,7 @@ def plot_metrics(metrics: Union[str, Path, list[dict]], save: Optional[Union[str
                     fontsize=8, color="gray")
     fig.tight_layout()
     if save is not None:
-        fig.savefig(save, dpi=100)
+        save_figure(fig, save)
     return fig
 
 
