@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import platform
 import tempfile
@@ -267,11 +268,17 @@ def write_manifest(stage_dir: PathLike, cfg, stage: str, *, metrics: Optional[di
     from phi_lib.stages import STAGES
 
     st = STAGES[stage]
+    metrics = dict(metrics or {})
+    # NaN/inf (e.g. ROC AUC of a one-class split) is not JSON: null, and named as undefined
+    undefined = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    metrics.update({k: None for k in undefined})
+    if undefined:
+        extra.setdefault("undefined_metrics", undefined)
     manifest = {
         "stage": st.dirname,
         "config_hash": st.config_hash(cfg),
         "config": {s: cfg.to_dict()[s] for s in st.sections},
-        "metrics": metrics or {},
+        "metrics": metrics,
         "counts": counts or {},
         "figures": list(figures),
         "timings": timings or {},

@@ -84,6 +84,8 @@ def _stage_section(dirname: str, man: dict) -> list[str]:
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "undefined"
     if isinstance(v, float):
         return f"{v:.4g}"
     return html.escape(str(v))

@@ -144,3 +144,21 @@ def test_save_figure_writes_whole_files_only(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         save_figure(fig, png)
     assert png.read_bytes()[:4] == b"\x89PNG" and sorted(p.name for p in png.parent.iterdir()) == ["a.png"]
+
+
+def test_manifest_stays_strict_json_with_undefined_metrics(tmp_path):
+    import json
+
+    from phi_lib.config import load
+    from phi_lib.io import write_manifest
+    from phi_lib.paths import project_root
+
+    cfg = load(project_root() / "params" / "smoke.yaml", {"run.output_root": str(tmp_path)})
+    write_manifest(tmp_path, cfg, "02", metrics={"web/roc_auc": float("nan"), "web/f1": 0.5})
+
+    def no_constants(name):
+        raise AssertionError(f"{name} is not JSON")
+
+    man = json.loads((tmp_path / "manifest.json").read_text(), parse_constant=no_constants)
+    assert man["metrics"] == {"web/roc_auc": None, "web/f1": 0.5}
+    assert man["undefined_metrics"] == ["web/roc_auc"]
