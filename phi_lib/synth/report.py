@@ -23,14 +23,15 @@ _WORD = re.compile(r"\w+")
 
 
 def distinct_n(texts: list[str], n: int) -> float:
-    """Unique word n-grams / all word n-grams over `texts` (Li et al. 2016)."""
+    """Unique word n-grams / all word n-grams over `texts` (Li et al. 2016); NaN (undefined,
+    `null` in the manifest) when there are none, e.g. a kind that kept no sample."""
     total, unique = 0, set()
     for t in texts:
         w = _WORD.findall(t.lower())
         grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
         total += len(grams)
         unique.update(grams)
-    return len(unique) / total if total else 0.0
+    return len(unique) / total if total else float("nan")
 
 
 def embedding_spread(texts: list[str], device: str = "cpu") -> tuple[float, Optional[np.ndarray]]:
