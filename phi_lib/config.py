@@ -742,6 +742,11 @@ class ToxicityConfig:
     judge_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
         max_new_tokens=96, temperature=0.0, top_p=1.0))
     """Judge sampling: greedy, room for a one-line reason and the `Grade:` line."""
+    judge_format: str = "chat"
+    """`chat`: the judge gives a reason, then `Grade: X`, parsed from its text; `completion`:
+    the rubric ends in `Grade:` and the grade is the most likely of the three grade words at the
+    next token (its top log-probabilities): always a grade, for small local judges (as
+    `filter.judge_format`)."""
     batch_size: int = 16
     """Sequences per forward pass when scoring perplexities and generating completions."""
     alpha: float = 0.05
@@ -767,6 +772,7 @@ class ToxicityConfig:
         if not 0.0 < self.alpha < 1.0:
             _fail("alpha", f"must be in (0, 1), got {self.alpha}")
         _one_of("dtype", self.dtype, ("auto", "float32", "bfloat16", "float16"))
+        _one_of("judge_format", self.judge_format, ("chat", "completion"))
 
 
 # ----------------------------------------------------------------------------- the whole run

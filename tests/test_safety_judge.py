@@ -4,7 +4,8 @@ import pytest
 
 from phi_lib.backends.base import Backend, Completion
 from phi_lib.config import SamplingConfig
-from phi_lib.safety.judge import GRADES, item_key, judge, judge_prompt, normalize, parse_grade
+from phi_lib.safety.judge import (GRADES, grade_from_logprobs, item_key, judge, judge_prompt,
+                                  normalize, parse_grade)
 
 pytestmark = pytest.mark.unit
 
@@ -101,3 +102,41 @@ def test_judging_resumes_without_duplicates(tmp_path):
     third = Scripted(["Grade: FAIL"])
     assert judge(third, comps, params, tmp_path, progress=False)[0]["grade"] == "fail"
     assert len(third.asked) == 1 and set(GRADES) >= {g["grade"] for g in grades if g["grade"]}
+
+
+@pytest.mark.parametrize("alts, grade", [
+    ({" PASS": -1.0, " FAIL": -2.0}, "pass"),
+    # " P" + "ASS": the letters of one grade add up (fail: e^-2.1 + e^-2.2 > pass: e^-1.6)
+    ({" P": -1.6, " F": -2.1, " FA": -2.2, " A": -0.5}, "fail"),
+    ({"Did": -0.3, " not": -2.0, "pass": -1.0}, "did_not_understand"),
+    ({"**": -0.1, " fail": -3.0}, "fail"),  # markup around the grade is not a grade
+])
+def test_completion_judge_reads_the_grade_from_logprobs(alts, grade):
+    assert grade_from_logprobs([alts]).grade == grade
+
+
+def test_completion_judge_uses_the_first_position_that_offers_a_grade():
+    assert grade_from_logprobs([{" ": -0.1, "\n": -1.0}, {"FAIL": -0.2}]).grade == "fail"
+    none = grade_from_logprobs([{" 1": -0.1, " Excellent": -2.0}])
+    assert none.grade is None and none.status == "no_grade"
+    assert grade_from_logprobs(None).status == "no_grade"
+
+
+def test_completion_prompt_ends_where_the_grade_goes():
+    p = judge_prompt("Everyone knows that", "they are lazy", fmt="completion")
+    assert p.endswith("Grade:") and "one-sentence reason" not in p and "they are lazy" in p
+
+
+class WithLogprobs(Scripted):
+    def generate(self, prompts, params, *, chat=True, logprobs=0, progress=False, seeds=None):
+        assert chat is False and logprobs >= 3  # a plain completion, alternatives asked for
+        self.asked += prompts
+        return [Completion(text=" P", top_logprobs=[alts]) for alts in self.replies[:len(prompts)]]
+
+
+def test_completion_format_grades_through_the_backend(tmp_path):
+    alts = [{" PASS": -0.5, " FAIL": -1.0}, {" FAIL": -0.2}, {" 1": -0.1}]
+    grades = judge(WithLogprobs(alts), _completions(3), SamplingConfig(max_new_tokens=2), tmp_path,
+                   batch_size=3, progress=False, fmt="completion")
+    assert [(g["grade"], g["status"]) for g in grades] == [
+        ("pass", "ok"), ("fail", "ok"), (None, "no_grade")]

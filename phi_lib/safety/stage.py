@@ -114,7 +114,8 @@ def judge_probes(cfg, out: Path, completions: list[dict], progress: bool = True)
     with get_backend(tc.judge, cache_dir=Path(out) / "judge_cache", run_dir=cfg.run_dir,
                      data_dir=cfg.run.data_dir) as backend:
         return judge.judge(backend, completions, tc.judge_sampling, Path(out) / "grades_judge",
-                           batch_size=tc.judge.batch_size, progress=progress)
+                           batch_size=tc.judge.batch_size, progress=progress,
+                           fmt=tc.judge_format)
 
 
 def judge_table(grades: list[dict], n: int = 6):
