@@ -21,7 +21,8 @@ import yaml
 from phi_lib.config import ConfigError, load
 from phi_lib.io import atomic_write_text, save_figure
 from phi_lib.report import collect_metrics
-from phi_lib.run import run
+from phi_lib.run import is_complete, run
+from phi_lib.stages import STAGES
 
 SWEEP_KEYS = ("base", "stages", "metrics", "variants")
 
@@ -59,16 +60,45 @@ def _variant_overrides(spec: dict, name: str) -> dict:
 
 def sweep(path: Path, force: bool = False, log: Callable[[str], None] = print,
           out_root: Optional[Path] = None) -> Path:
-    """Run every variant, then write the side-by-side table and plot; returns the table path."""
+    """Run every variant, then write the side-by-side table and plot; returns the table path.
+
+    A stage whose resolved config (its sections and everything upstream, i.e. its hash) is
+    the same as in an earlier variant is not run again: the variant's stage folder links to
+    the finished one. A mixture ablation thus synthesizes and filters once. `force` reruns all.
+    """
     spec = load_sweep(path)
-    rows = {}
+    rows: dict[str, dict] = {}
+    finished: dict[tuple[str, str], Path] = {}
     for name in spec["variants"]:
         log(f"=== variant {name}")
-        res = run(spec["base"], stages=spec.get("stages"), overrides=_variant_overrides(spec, name),
-                  force=force, log=log)
+        overrides = _variant_overrides(spec, name)
+        cfg = load(spec["base"], overrides)
+        if force:  # every stage reruns in the variant's own folder, not through a shared link
+            for stage in STAGES.values():
+                if stage.dir(cfg).is_symlink():
+                    stage.dir(cfg).unlink()
+        else:
+            _share_finished_stages(cfg, finished, log)
+        res = run(spec["base"], stages=spec.get("stages"), overrides=overrides, force=force, log=log)
+        for number, stage in STAGES.items():
+            if is_complete(stage, res.cfg):
+                finished.setdefault((number, stage.config_hash(res.cfg)), stage.dir(res.cfg))
         rows[name] = collect_metrics(res.cfg.run_dir)
         out_root = out_root or res.cfg.run_dir.parent / "sweeps"
     return write_comparison(rows, out_root / spec["name"], spec.get("metrics"))
+
+
+def _share_finished_stages(cfg, finished: dict[tuple[str, str], Path],
+                           log: Callable[[str], None]) -> None:
+    """Link this variant's stage folders to earlier variants' finished ones with the same hash."""
+    for number, stage in STAGES.items():
+        source = finished.get((number, stage.config_hash(cfg)))
+        target = stage.dir(cfg)
+        if source is None or target.exists() or target.is_symlink():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(source.resolve(), target_is_directory=True)
+        log(f"[{stage.dirname}] same config as {source.parent.name}: shared, not rerun")
 
 
 def write_comparison(rows: dict[str, dict[str, float]], out_dir: Path,

@@ -105,3 +105,25 @@ def test_sweep_rejects_a_bad_variant_before_running(project):
     with pytest.raises(ConfigError, match=r"variants\.a: train\.max_stepz: unknown key"):
         sweep(spec, log=lambda s: None)
     assert not (root / "out").exists()
+
+
+def test_sweep_variants_share_stages_whose_config_is_unchanged(project):
+    """A train-only ablation runs stage 01 once: the second variant links to the first's."""
+    root, params = project
+    spec = root / "share.yaml"
+    spec.write_text("base: p.yaml\nstages: ['01', '05']\nmetrics: [05_train/steps]\n"
+                    "variants:\n  a: {train.max_steps: 3}\n  b: {train.max_steps: 5}\n")
+    logs = []
+    table = sweep(spec, log=logs.append)
+    # (the stand-in stage 01 records train.max_steps too: b shows a's, as it reused a's run)
+    assert table.read_text().splitlines() == ["variant,01_synthesize/steps,05_train/steps",
+                                              "a,3,3", "b,3,5"]
+    a, b = root / "out" / "share-a", root / "out" / "share-b"
+    assert (b / "01_synthesize").is_symlink()
+    assert (b / "01_synthesize").resolve() == (a / "01_synthesize").resolve()
+    assert not (b / "05_train").is_symlink()  # its config differs: it ran
+    assert any("01_synthesize] same config as share-a" in line for line in logs)
+    assert "| 01_synthesize | skipped |" in (b / "report.md").read_text()
+    # --force reruns every stage of every variant in its own folder
+    sweep(spec, force=True, log=lambda s: None)
+    assert not (b / "01_synthesize").is_symlink() and (b / "01_synthesize" / "work.txt").is_file()
