@@ -113,8 +113,18 @@ def write_comparison(rows: dict[str, dict[str, float]], out_dir: Path,
     table = pd.DataFrame.from_dict(rows, orient="index").sort_index(axis=1)
     table.index.name = "variant"
     atomic_write_text(out_dir / "results.csv", table.to_csv())
-    atomic_write_text(out_dir / "results.md", table.T.to_markdown())
-    shown = [m for m in (metrics or list(table.columns)) if m in table.columns][:12]
+    # what an ablation changed is what a reader looks for: named metrics, then those that
+    # differ between variants; the ones every variant shares (e.g. a shared stage) last
+    differ = [c for c in table.columns if table[c].nunique(dropna=False) > 1]
+    first = [m for m in (metrics or []) if m in table.columns]
+    ordered = first + [c for c in differ if c not in first]
+    same = [c for c in table.columns if c not in ordered]
+    md = ["## Metrics that differ between variants" + (" (named ones first)" if first else ""),
+          "", table[ordered].T.to_markdown() if ordered else "(none)", ""]
+    if same:
+        md += ["## The same in every variant", "", table[same].T.to_markdown(), ""]
+    atomic_write_text(out_dir / "results.md", "\n".join(md))
+    shown = [m for m in (metrics or differ) if m in table.columns][:12]
     missing = [m for m in (metrics or []) if m not in table.columns]
     if missing:
         print(f"sweep: metrics not produced by any variant: {', '.join(missing)}")

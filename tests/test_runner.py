@@ -123,6 +123,9 @@ def test_sweep_variants_share_stages_whose_config_is_unchanged(project):
     assert (b / "01_synthesize").resolve() == (a / "01_synthesize").resolve()
     assert not (b / "05_train").is_symlink()  # its config differs: it ran
     assert any("01_synthesize] same config as share-a" in line for line in logs)
+    md = (table.parent / "results.md").read_text()  # what the ablation changed comes first
+    assert md.index("05_train/steps") < md.index("## The same in every variant") < md.index(
+        "01_synthesize/steps")
     assert "| 01_synthesize | skipped |" in (b / "report.md").read_text()
     # --force reruns every stage of every variant in its own folder
     sweep(spec, force=True, log=lambda s: None)
