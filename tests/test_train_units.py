@@ -144,3 +144,19 @@ def test_launcher_commands():
                                                  "train.global_batch_size": 1024})
     assert Path(command(tr, Path("/o"))[0]).name == "torchrun"
     assert len(commands(tr, Path("/o"))) == 1
+
+
+def test_summary_adds_the_tokens_of_every_phase(tmp_path):
+    """Each phase counts its tokens from 0; the manifest's total is their sum."""
+    import json
+
+    from phi_lib.train.summary import summarize
+
+    recs = [{"step": s, "phase": "pretrain", "train_loss": 10.0 - s, "tokens": 512 * s,
+             "tokens_per_s": 100.0, "mfu": 0.1} for s in (1, 2, 3, 4)]
+    recs += [{"step": s, "phase": "finetune", "train_loss": 5.0, "val_loss": 5.5,
+              "tokens": 256 * (s - 4), "tokens_per_s": 90.0, "mfu": 0.1} for s in (5, 6)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    m = summarize(tmp_path)["metrics"]
+    assert m["tokens"] == 4 * 512 + 2 * 256 and m["finetune_tokens"] == 2 * 256
+    assert m["steps"] == 6 and m["finetune_final_val_loss"] == 5.5 and m["first_train_loss"] == 9.0

@@ -29,13 +29,18 @@ def summarize(out: Path, skip_first: int = 1) -> dict:
         "tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady) if steady else None,
         "mfu": sum(r["mfu"] for r in steady) / len(steady) if steady else None,
         "steps": records[-1]["step"],
-        "tokens": last_value(records, "tokens"),
     }
+    # each phase counts its tokens from 0 (pretrain, then the finetune): the run's total is
+    # the sum of each phase's last count
+    phase_tokens = {}
     for phase in dict.fromkeys(r.get("phase") for r in records):
+        rs = [r for r in records if r.get("phase") == phase]
+        phase_tokens[phase] = last_value(rs, "tokens") or 0
         if phase != "pretrain" and phase is not None:
-            rs = [r for r in records if r.get("phase") == phase]
             metrics[f"{phase}_final_train_loss"] = last_value(rs, "train_loss")
             metrics[f"{phase}_final_val_loss"] = last_value(rs, "val_loss")
+            metrics[f"{phase}_tokens"] = phase_tokens[phase]
+    metrics["tokens"] = sum(phase_tokens.values()) or None
     counts = {"checkpoints": len(ckpts), "skipped_steps": last_value(records, "skipped_steps") or 0,
               "logged_steps": len(records)}
     plt.close(plot_metrics(records, save=out / FIGURE))
