@@ -20,11 +20,14 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="dotted override, e.g. train.max_steps=20 (repeatable)")
     p.add_argument("--force", action="store_true", help="rerun stages that are up to date")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print stage lines only, not each cell's output (executed notebooks keep it)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("sweep", help="run the variants of a sweep file and compare them")
     p.add_argument("sweep", help="sweep YAML, e.g. params/sweeps/mixture.yaml")
     p.add_argument("--force", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help="stage lines only (as for `run`)")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("config", help="validate a params file and print the resolved config")
@@ -59,14 +62,14 @@ def _cmd_run(args) -> int:
 
     cfg = load(args.params, parse_set(args.sets))  # fails before any work on a bad file
     stages = args.stages.split(",") if args.stages else None
-    res = run(cfg, stages=stages, force=args.force)
+    res = run(cfg, stages=stages, force=args.force, stream_outputs=not args.quiet)
     return 1 if any(s.status == "failed" for s in res.statuses) else 0
 
 
 def _cmd_sweep(args) -> int:
     from phi_lib.sweep import sweep
 
-    table = sweep(args.sweep, force=args.force)
+    table = sweep(args.sweep, force=args.force, stream_outputs=not args.quiet)
     print(f"comparison: {table} (+ results.md, results.png)")
     return 0
 

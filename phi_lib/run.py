@@ -56,8 +56,12 @@ def is_complete(stage: Stage, cfg: Config) -> bool:
 
 def run(params: Union[str, Path, dict, Config], stages: Optional[list[str]] = None,
         overrides: Optional[dict] = None, force: bool = False,
-        log: Callable[[str], None] = print, report: bool = True) -> RunResult:
-    """Run the selected stages of a params file; raises StageFailed on the first failure."""
+        log: Callable[[str], None] = print, report: bool = True,
+        stream_outputs: bool = True) -> RunResult:
+    """Run the selected stages of a params file; raises StageFailed on the first failure.
+
+    `stream_outputs` echoes each cell's output (e.g. stage 05's training log) to the terminal
+    as it runs; without it only the stage lines are printed (the executed notebooks keep all)."""
     cfg = params if isinstance(params, Config) else load(params, overrides)
     selected = _select(stages, cfg)
     run_dir = cfg.run_dir
@@ -84,7 +88,7 @@ def run(params: Union[str, Path, dict, Config], stages: Optional[list[str]] = No
             log(f"[{stage.dirname}] running {stage.notebook.name} ...")
             t0 = time.time()
             try:
-                executed = _execute(stage, cfg, resolved)
+                executed = _execute(stage, cfg, resolved, stream_outputs)
             except StageFailed as e:
                 result.statuses.append(StageStatus(number, "failed", time.time() - t0, str(e)))
                 raise
@@ -124,20 +128,20 @@ def _plain(cfg: Config) -> dict:
     return d
 
 
-def _execute(stage: Stage, cfg: Config, resolved: Path) -> Path:
+def _execute(stage: Stage, cfg: Config, resolved: Path, stream_outputs: bool = True) -> Path:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     out_dir = stage.dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / "executed.ipynb"
-    logging.getLogger("papermill").setLevel(logging.INFO)
+    logging.getLogger("papermill").setLevel(logging.INFO if stream_outputs else logging.WARNING)
     try:
         pm.execute_notebook(
             str(stage.notebook), str(executed),
             parameters={"params": str(resolved), "overrides": {}, "run_dir": str(cfg.run_dir)},
             kernel_name="python3", cwd=str(stage.notebook.parent),
-            progress_bar=sys.stderr.isatty(), log_output=True, request_save_on_cell_execute=True)
+            progress_bar=sys.stderr.isatty(), log_output=stream_outputs, request_save_on_cell_execute=True)
     except PapermillExecutionError as e:
         last = (e.traceback or [""])[-1] if e.traceback else ""
         raise StageFailed(

@@ -59,7 +59,7 @@ def _variant_overrides(spec: dict, name: str) -> dict:
 
 
 def sweep(path: Path, force: bool = False, log: Callable[[str], None] = print,
-          out_root: Optional[Path] = None) -> Path:
+          out_root: Optional[Path] = None, stream_outputs: bool = True) -> Path:
     """Run every variant, then write the side-by-side table and plot; returns the table path.
 
     A stage whose resolved config (its sections and everything upstream, i.e. its hash) is
@@ -79,7 +79,8 @@ def sweep(path: Path, force: bool = False, log: Callable[[str], None] = print,
                     stage.dir(cfg).unlink()
         else:
             _share_finished_stages(cfg, finished, log)
-        res = run(spec["base"], stages=spec.get("stages"), overrides=overrides, force=force, log=log)
+        res = run(spec["base"], stages=spec.get("stages"), overrides=overrides, force=force, log=log,
+                  stream_outputs=stream_outputs)
         for number, stage in STAGES.items():
             if is_complete(stage, res.cfg):
                 finished.setdefault((number, stage.config_hash(res.cfg)), stage.dir(res.cfg))

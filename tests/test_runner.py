@@ -130,3 +130,17 @@ def test_sweep_variants_share_stages_whose_config_is_unchanged(project):
     # --force reruns every stage of every variant in its own folder
     sweep(spec, force=True, log=lambda s: None)
     assert not (b / "01_synthesize").is_symlink() and (b / "01_synthesize" / "work.txt").is_file()
+
+
+def test_quiet_run_prints_stage_lines_only(project, caplog):
+    import logging
+
+    root, params = project
+    logs = []
+    with caplog.at_level(logging.INFO):
+        res = run(params, stages=["01"], force=True, log=logs.append, stream_outputs=False)
+    assert res.statuses[0].status == "done" and any("done in" in line for line in logs)
+    assert not [r for r in caplog.records if r.name.startswith("papermill")]
+    # the executed notebook keeps every output all the same
+    nb = nbformat.read(root / "out" / "t" / "01_synthesize" / "executed.ipynb", as_version=4)
+    assert any("stage 01_synthesize" in str(c.get("outputs")) for c in nb.cells)
