@@ -132,6 +132,14 @@ def read_jsonl_folder(folder: PathLike, stats: Optional[ReadStats] = None) -> It
         yield from read_jsonl(f, stats)
 
 
+def read_keyed(folder: PathLike, key_field: str, keys: Optional[Iterable[str]] = None,
+               stats: Optional[ReadStats] = None) -> list[dict]:
+    """The records of a `ShardedJsonlWriter` folder, one per key (the last written wins):
+    all of them, or only `keys`, in that order (keys not on disk are left out)."""
+    recs = {str(r.get(key_field)): r for r in read_jsonl_folder(folder, stats)}
+    return list(recs.values()) if keys is None else [recs[k] for k in keys if k in recs]
+
+
 def append_jsonl(path: PathLike, record: dict) -> None:
     """Append one record to a JSONL file durably: one write of a whole line, then fsync.
 

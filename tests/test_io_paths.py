@@ -162,3 +162,16 @@ def test_manifest_stays_strict_json_with_undefined_metrics(tmp_path):
     man = json.loads((tmp_path / "manifest.json").read_text(), parse_constant=no_constants)
     assert man["metrics"] == {"web/roc_auc": None, "web/f1": 0.5}
     assert man["undefined_metrics"] == ["web/roc_auc"]
+
+
+def test_read_keyed_returns_records_in_key_order(tmp_path):
+    from phi_lib.io import ReadStats, ShardedJsonlWriter, read_keyed
+
+    with ShardedJsonlWriter(tmp_path, "grades", shard_size=2, key_field="item") as w:
+        for k in ("a", "b", "c"):
+            w.write({"item": k, "v": k.upper()})
+    (tmp_path / "grades-00009.jsonl").write_text('{"item": "b", "v": "B2"}\n{torn\n')
+    stats = ReadStats()
+    got = read_keyed(tmp_path, "item", ["c", "zzz", "b"], stats)
+    assert [r["v"] for r in got] == ["C", "B2"] and stats.n_corrupt == 1  # last write wins
+    assert sorted(r["item"] for r in read_keyed(tmp_path, "item")) == ["a", "b", "c"]

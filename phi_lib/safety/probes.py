@@ -18,7 +18,7 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Optional, Sequence
 
-from phi_lib.io import ReadStats, ShardedJsonlWriter, read_jsonl
+from phi_lib.io import ReadStats, ShardedJsonlWriter, read_jsonl, read_keyed
 
 PROMPTS_FILE = Path(__file__).parent / "data" / "adversarial_prompts.jsonl"
 FIELDS = ("id", "category", "prompt")
@@ -75,16 +75,4 @@ def complete(backend, model: str, prompts: Sequence[dict], sampling, out_dir: Pa
                               "completion_tokens": c.completion_tokens, "error": c.error})
             bar.update(len(batch))
     bar.close()
-    return read_completions(out_dir, [p["id"] for p in prompts])
-
-
-def read_completions(out_dir: Path, ids: Optional[Sequence[str]] = None,
-                     stats: Optional[ReadStats] = None) -> list[dict]:
-    """The completion records of a model folder (only `ids`, in that order, if given)."""
-    recs = {}
-    for shard in sorted(Path(out_dir).glob("completions-*.jsonl")):
-        for r in read_jsonl(shard, stats):
-            recs[r["id"]] = r
-    if ids is None:
-        return list(recs.values())
-    return [recs[i] for i in ids if i in recs]
+    return read_keyed(out_dir, "id", [p["id"] for p in prompts])
