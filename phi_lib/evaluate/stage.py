@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from phi_lib.evaluate.harness import HEADLINE, evaluate_model, headline
-from phi_lib.hf_models import model_slug as _slug
+from phi_lib.hf_models import model_slug
 from phi_lib.io import write_manifest
 
 
@@ -18,7 +18,7 @@ def run_stage(cfg, out: Path, progress: bool = True) -> dict[str, dict]:
     runs = {ev.model: evaluate_model(ev.model, ev.tasks, out, **kw)}
     for ref in ev.reference_models:
         if ref != ev.model:
-            runs[ref] = evaluate_model(ref, ev.tasks, Path(out) / "reference" / _slug(ref), **kw)
+            runs[ref] = evaluate_model(ref, ev.tasks, Path(out) / "reference" / model_slug(ref), **kw)
     return runs
 
 
@@ -45,7 +45,7 @@ def write_stage_manifest(cfg, out: Path, runs: dict[str, dict], figures=()) -> d
     metrics = headline(main)
     for name, res in runs.items():
         if name != cfg.evaluate.model:
-            metrics.update({f"ref/{_slug(name)}/{k}": v for k, v in headline(res).items()
+            metrics.update({f"ref/{model_slug(name)}/{k}": v for k, v in headline(res).items()
                             if k.split("/")[1] == HEADLINE.get(k.split("/")[0])})
     counts = {f"{t}/n": n for t, n in main["n"].items()}
     counts.update({f"{t}/corrupt": c for t, c in main["corrupt"].items()})

@@ -343,22 +343,17 @@ class FilterStage:
         return pd.DataFrame(rows).set_index(["kind", "corpus"])
 
     def extremes(self, n: int = 3, kind: str = "web", chars: int = 400):
-        """The highest and lowest scored documents side by side (one streaming pass that
-        holds 2n records, so it works on a corpus of any size)."""
+        """The highest and lowest scored documents side by side (streaming: holds n records,
+        so it works on a corpus of any size)."""
         import heapq
 
         import pandas as pd
 
-        top: list = []
-        bottom: list = []  # min-heaps of (score or -score, -position, record)
-        for i, r in enumerate(self.scored(kind)):
-            heapq.heappush(top, (r["score"], -i, r))
-            heapq.heappush(bottom, (-r["score"], -i, r))
-            if len(top) > n:
-                heapq.heappop(top)
-                heapq.heappop(bottom)
-        top = [r for *_, r in sorted(top, key=lambda x: x[:2], reverse=True)]
-        bottom = [r for *_, r in sorted(bottom, key=lambda x: x[:2], reverse=True)]
+        def score(r: dict) -> float:
+            return r["score"]
+
+        top = heapq.nlargest(n, self.scored(kind), key=score)
+        bottom = heapq.nsmallest(n, self.scored(kind), key=score)
         return pd.DataFrame({
             "highest score": [f"{r['score']:.2f}" for r in top],
             "highest": [r["text"][:chars] for r in top],
