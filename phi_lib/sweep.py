@@ -71,15 +71,14 @@ def sweep(path: Path, force: bool = False, log: Callable[[str], None] = print,
     finished: dict[tuple[str, str], Path] = {}
     for name in spec["variants"]:
         log(f"=== variant {name}")
-        overrides = _variant_overrides(spec, name)
-        cfg = load(spec["base"], overrides)
+        cfg = load(spec["base"], _variant_overrides(spec, name))
         if force:  # every stage reruns in the variant's own folder, not through a shared link
             for stage in STAGES.values():
                 if stage.dir(cfg).is_symlink():
                     stage.dir(cfg).unlink()
         else:
             _share_finished_stages(cfg, finished, log)
-        res = run(spec["base"], stages=spec.get("stages"), overrides=overrides, force=force, log=log,
+        res = run(cfg, stages=spec.get("stages"), force=force, log=log,
                   stream_outputs=stream_outputs)
         for number, stage in STAGES.items():
             if is_complete(stage, res.cfg):
