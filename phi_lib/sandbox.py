@@ -125,7 +125,8 @@ runpy.run_path("program.py", run_name="__main__")
 
 def _overlays(work: Path) -> tuple[dict[str, list[str]], bool]:
     """Dirs to cover with a fresh tmpfs in the child's mount namespace, each with the paths
-    to bind back: world-writable dirs (keeping only our work dir) and caller-private dirs
+    to bind back: world-writable dirs (keeping only our work dir and the interpreter's own
+    dirs, e.g. a venv under /tmp) and caller-private dirs
     that hold the interpreter (e.g. /root/.pyenv under a 0700 /root). Also whether the
     interpreter needs them to stay importable under another uid."""
     tops: dict[str, list[str]] = {d: [] for d in _WORLD_WRITABLE if os.path.isdir(d)}
@@ -142,8 +143,10 @@ def _overlays(work: Path) -> tuple[dict[str, list[str]], bool]:
                 need_fs = True
                 break
     for top in tops:
-        if str(work).startswith(top.rstrip("/") + "/"):
-            tops[top].append(str(work))
+        # bind back our work dir, and the interpreter when it lives there (a venv under /tmp)
+        for keep in [str(work)] + [os.path.realpath(p) for p in needed]:
+            if keep.startswith(top.rstrip("/") + "/"):
+                tops[top].append(keep)
     # keep the shortest paths only (a kept dir brings its subdirs)
     for top, keep in tops.items():
         keep = sorted(set(keep))

@@ -7,6 +7,7 @@ import signal
 import socket
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +189,20 @@ def test_many_in_parallel_lose_nothing():
     assert [r.status for r in rs].count("passed") == 23
     assert rs[5].status == "failed" and "five" in rs[5].stderr
     assert all(rs[i].stdout == f"{i * i}\n" for i in range(24) if i != 5)
+
+
+def test_an_interpreter_under_tmp_stays_visible(monkeypatch, tmp_path):
+    """/tmp is covered by a fresh tmpfs in the sandbox; a venv living there (a checkout in
+    `mktemp -d`) is bound back, or the program could not start sys.executable."""
+    import sys
+    import tempfile
+
+    from phi_lib import sandbox
+
+    venv = Path(tempfile.mkdtemp(dir="/tmp", prefix="phi-venv-"))
+    try:
+        monkeypatch.setattr(sys, "prefix", str(venv))
+        tops, _ = sandbox._overlays(tmp_path / "work")
+        assert str(venv.resolve()) in tops["/tmp"]
+    finally:
+        venv.rmdir()
