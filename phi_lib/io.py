@@ -267,12 +267,17 @@ def versions() -> dict[str, str]:
 
 def write_manifest(stage_dir: PathLike, cfg, stage: str, *, metrics: Optional[dict] = None,
                    counts: Optional[dict] = None, figures: Iterable[str] = (),
-                   timings: Optional[dict] = None, **extra: Any) -> dict:
+                   timings: Optional[dict] = None, inputs: Optional[dict] = None,
+                   drops: Optional[dict] = None, **extra: Any) -> dict:
     """Write `<stage_dir>/manifest.json`: the stage contract read by the report and sweeps.
 
-    `metrics` is a flat dict of numbers (what sweeps compare), `counts` what was kept and
-    dropped, `figures` paths (relative to `stage_dir`) of plots for the report.
+    `metrics` is a flat dict of numbers (what sweeps compare), `counts` what was kept, `drops`
+    what was dropped by reason, `figures` paths (relative to `stage_dir`) of plots for the
+    report, `inputs` the data files the stage read (`{name: path}`): their content digests are
+    recorded, and the runner reruns the stage when one changes. The `fingerprint` is what
+    produced the numbers (phi_lib.provenance).
     """
+    from phi_lib.provenance import path_digest
     from phi_lib.stages import STAGES
 
     st = STAGES[stage]
@@ -282,12 +287,17 @@ def write_manifest(stage_dir: PathLike, cfg, stage: str, *, metrics: Optional[di
     metrics.update({k: None for k in undefined})
     if undefined:
         extra.setdefault("undefined_metrics", undefined)
+    fp = st.fingerprint(cfg)
     manifest = {
         "stage": st.dirname,
-        "config_hash": st.config_hash(cfg),
+        "config_hash": fp.key,
         "config": {s: cfg.to_dict()[s] for s in st.sections},
+        "fingerprint": fp.to_dict(),
+        "inputs": {name: {"path": str(p), "digest": path_digest(p)}
+                   for name, p in (inputs or {}).items()},
         "metrics": metrics,
         "counts": counts or {},
+        "drops": drops or {},
         "figures": list(figures),
         "timings": timings or {},
         "versions": versions(),

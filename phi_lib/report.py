@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from phi_lib.io import atomic_write_text, read_json
-from phi_lib.stages import STAGES
+from phi_lib.stages import DONE_MARKER, STAGES
 
 
 def collect_metrics(run_dir: Path) -> dict[str, float]:
@@ -27,8 +27,6 @@ def collect_metrics(run_dir: Path) -> dict[str, float]:
 
 def stage_rows(cfg, statuses: Optional[list] = None) -> list[dict]:
     """One row per stage: status (from this run's statuses, else from disk), time, detail."""
-    from phi_lib.run import DONE_MARKER, is_complete
-
     by_stage = {s.stage: s for s in statuses or []}
     rows = []
     for number, stage in STAGES.items():
@@ -37,7 +35,7 @@ def stage_rows(cfg, statuses: Optional[list] = None) -> list[dict]:
             status = "not built yet"
         elif st is not None:
             status = st.status
-        elif is_complete(stage, cfg):
+        elif stage.is_complete(cfg):
             status = "done"
         else:
             status = "stale" if (stage.dir(cfg) / DONE_MARKER).is_file() else "not run"

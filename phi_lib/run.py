@@ -4,6 +4,12 @@ Each stage runs in a fresh kernel; its executed copy lands in
 ``outputs/<run>/<NN_stage>/executed.ipynb``. A stage whose last successful run had the same
 config hash is skipped. A failing stage stops the run with the failing cell's error and the
 path of the executed notebook. The run ends with a report (``report.md`` / ``report.html``).
+
+Provenance (phi_lib.provenance): a stage is skipped only while its fingerprint (config,
+data folder, upstream outputs, the data files it read) matches its done marker; a stale stage
+reruns and its library code recomputes what is stale. A selected stage never reads a stale
+upstream stage that this invocation does not also run: the run stops first, naming it.
+`force` discards a stage's outputs (not its content-addressed request cache) before rerunning.
 """
 from __future__ import annotations
 
@@ -17,10 +23,12 @@ from typing import Callable, Optional, Union
 import yaml
 
 from phi_lib.config import Config, load
-from phi_lib.io import atomic_write_json, atomic_write_text, read_json
-from phi_lib.stages import STAGES, Stage
+from phi_lib.config import ConfigError
+from phi_lib.io import atomic_write_json, atomic_write_text
+from phi_lib.stages import DONE_MARKER, STAGES, Stage
 
-DONE_MARKER = "stage.json"
+KEEP_ON_FORCE = (".cache",)
+"""Entries of a stage folder that --force keeps: caches keyed by their full request."""
 
 
 class StageFailed(RuntimeError):
@@ -44,14 +52,8 @@ class RunResult:
 
 
 def is_complete(stage: Stage, cfg: Config) -> bool:
-    """True if the stage finished before with the same config hash."""
-    marker = stage.dir(cfg) / DONE_MARKER
-    if not marker.is_file():
-        return False
-    try:
-        return read_json(marker).get("config_hash") == stage.config_hash(cfg)
-    except (ValueError, OSError):
-        return False
+    """True if the stage finished before with the same fingerprint and unchanged inputs."""
+    return stage.is_complete(cfg)
 
 
 def run(params: Union[str, Path, dict, Config], stages: Optional[list[str]] = None,
@@ -72,6 +74,7 @@ def run(params: Union[str, Path, dict, Config], stages: Optional[list[str]] = No
 
     result = RunResult(cfg)
     try:
+        _check_upstream(cfg, selected, force)
         for number in STAGES:
             stage = STAGES[number]
             if number not in selected:
@@ -81,11 +84,14 @@ def run(params: Union[str, Path, dict, Config], stages: Optional[list[str]] = No
                 log(f"[{stage.dirname}] not built yet: skipped")
                 result.statuses.append(StageStatus(number, "not built"))
                 continue
-            if not force and is_complete(stage, cfg):
+            reasons = stage.stale_reasons(cfg)
+            if not force and not reasons:
                 log(f"[{stage.dirname}] up to date (hash {stage.config_hash(cfg)}): skipped")
                 result.statuses.append(StageStatus(number, "skipped"))
                 continue
-            log(f"[{stage.dirname}] running {stage.notebook.name} ...")
+            why = "forced" if force else ", ".join(reasons[:6])
+            log(f"[{stage.dirname}] running {stage.notebook.name} ({why}) ...")
+            _own_folder(stage, cfg, discard=force)
             t0 = time.time()
             try:
                 executed = _execute(stage, cfg, resolved, stream_outputs)
@@ -93,10 +99,7 @@ def run(params: Union[str, Path, dict, Config], stages: Optional[list[str]] = No
                 result.statuses.append(StageStatus(number, "failed", time.time() - t0, str(e)))
                 raise
             seconds = time.time() - t0
-            atomic_write_json(stage.dir(cfg) / DONE_MARKER, {
-                "stage": stage.dirname, "config_hash": stage.config_hash(cfg),
-                "seconds": round(seconds, 1), "executed": str(executed),
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            _mark_done(stage, cfg, seconds, executed)
             log(f"[{stage.dirname}] done in {seconds:.1f}s")
             result.statuses.append(StageStatus(number, "done", seconds))
     finally:
@@ -108,6 +111,59 @@ def run(params: Union[str, Path, dict, Config], stages: Optional[list[str]] = No
     return result
 
 
+def _check_upstream(cfg: Config, selected: list[str], force: bool) -> None:
+    """Stop before any work if a selected stage would read a stale upstream stage that this
+    invocation does not run (its numbers would not come from the config they claim)."""
+    for number in selected:
+        if not STAGES[number].built:
+            continue
+        for u in STAGES[number].upstream:
+            up = STAGES[u]
+            if u not in cfg.run.stages or u in selected or not up.built:
+                continue
+            reasons = up.stale_reasons(cfg)
+            if reasons:
+                raise ConfigError(
+                    f"--stages: stage {STAGES[number].dirname} reads {up.dirname}, which is not "
+                    f"current ({', '.join(reasons[:6])}): run it too (--stages {u},{number})")
+
+
+def _own_folder(stage: Stage, cfg: Config, discard: bool) -> None:
+    """Make the stage folder this run's own before executing into it: a folder a sweep linked
+    to another variant's finished stage is unlinked (never written through), and `discard`
+    (--force) removes what an earlier run left, but the request caches."""
+    import shutil
+
+    folder = stage.dir(cfg)
+    if folder.is_symlink():
+        folder.unlink()
+    if folder.is_dir():
+        (folder / DONE_MARKER).unlink(missing_ok=True)
+        if discard:
+            for entry in folder.iterdir():
+                if entry.name in KEEP_ON_FORCE:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+
+
+def _mark_done(stage: Stage, cfg: Config, seconds: float, executed: Path) -> None:
+    """Write the done marker: fingerprint, digest of the named outputs, data files read."""
+    from phi_lib.io import read_json
+
+    folder = stage.dir(cfg)
+    manifest = folder / "manifest.json"
+    data_inputs = (read_json(manifest).get("inputs") or {}) if manifest.is_file() else {}
+    fp = stage.fingerprint(cfg)
+    atomic_write_json(folder / DONE_MARKER, {
+        "stage": stage.dirname, "config_hash": fp.key, "fingerprint": fp.to_dict(),
+        "outputs_digest": stage.outputs_digest(folder), "data_inputs": data_inputs,
+        "seconds": round(seconds, 1), "executed": str(executed),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
 def _select(stages: Optional[list[str]], cfg: Config) -> list[str]:
     if not stages:
         return list(cfg.run.stages)
@@ -115,7 +171,7 @@ def _select(stages: Optional[list[str]], cfg: Config) -> list[str]:
     for s in stages:
         s = s.strip().zfill(2)
         if s not in STAGES:
-            from phi_lib.config import ConfigError, _unknown
+            from phi_lib.config import _unknown
 
             raise ConfigError(f"--stages: {_unknown(s, STAGES, 'stage')}")
         out.append(s)

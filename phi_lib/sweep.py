@@ -21,7 +21,7 @@ import yaml
 from phi_lib.config import ConfigError, load
 from phi_lib.io import atomic_write_text, save_figure
 from phi_lib.report import collect_metrics
-from phi_lib.run import is_complete, run
+from phi_lib.run import run
 from phi_lib.stages import STAGES
 
 SWEEP_KEYS = ("base", "stages", "metrics", "variants")
@@ -81,7 +81,7 @@ def sweep(path: Path, force: bool = False, log: Callable[[str], None] = print,
         res = run(cfg, stages=spec.get("stages"), force=force, log=log,
                   stream_outputs=stream_outputs)
         for number, stage in STAGES.items():
-            if is_complete(stage, res.cfg):
+            if stage.is_complete(res.cfg):
                 finished.setdefault((number, stage.config_hash(res.cfg)), stage.dir(res.cfg))
         rows[name] = collect_metrics(res.cfg.run_dir)
         out_root = out_root or res.cfg.run_dir.parent / "sweeps"
