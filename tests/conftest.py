@@ -26,3 +26,27 @@ def smoke_run(tmp_path_factory):
 
     root = os.environ.get("PHI_TEST_OUTPUTS") or str(tmp_path_factory.mktemp("outputs"))
     return run(ROOT / "params" / "smoke.yaml", overrides={"run.output_root": root})
+
+
+@pytest.fixture
+def smoke_copy(smoke_run, tmp_path):
+    """A private copy of the session's finished smoke run, for tests that change a knob and
+    rerun stages through the runner in the same run folder (provenance tests).
+
+    Returns a function `rerun(stages, overrides=None, force=False) -> RunResult` running
+    params/smoke.yaml on the copy (quiet), and the copy's run folder as `rerun.run_dir`."""
+    import shutil
+
+    from phi_lib.run import run
+
+    root = tmp_path / "outputs"
+    src = smoke_run.cfg.run_dir
+    shutil.copytree(src, root / src.name, symlinks=True)
+
+    def rerun(stages, overrides=None, force=False, log=lambda s: None):
+        over = {"run.output_root": str(root), **(overrides or {})}
+        return run(ROOT / "params" / "smoke.yaml", stages=list(stages), overrides=over,
+                   force=force, log=log, report=False, stream_outputs=False)
+
+    rerun.run_dir = root / src.name
+    return rerun
