@@ -130,7 +130,7 @@ def paths_digest(paths: Iterable[PathLike]) -> str:
     return digest(sorted((str(p), path_digest(p)) for p in paths))
 
 
-MODEL_FILES = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "config.json", "tokenizer*",
+MODEL_FILES = ("*.safetensors", "*.index.json", "pytorch_model*.bin", "*.gguf", "config.json", "tokenizer*",
                "*.model", "*.tiktoken", "vocab*", "merges.txt", "special_tokens_map.json",
                "generation_config.json")
 """What identifies a model folder: weights, config and tokenizer (not optimizer state)."""
