@@ -144,3 +144,96 @@ def test_quiet_run_prints_stage_lines_only(project, caplog):
     # the executed notebook keeps every output all the same
     nb = nbformat.read(root / "out" / "t" / "01_synthesize" / "executed.ipynb", as_version=4)
     assert any("stage 01_synthesize" in str(c.get("outputs")) for c in nb.cells)
+
+
+# ----------------------------------------------------------------------------- provenance
+def _writes(stage, extra=""):
+    """A stand-in stage that writes a named output with fresh content each run (a retrained
+    checkpoint is never byte-identical) and records the topic file it read as an input."""
+    return (f"import time, pathlib, phi_lib.notebook, phi_lib.io\n"
+            f"cfg, out = phi_lib.notebook.setup(params, overrides, run_dir, stage='{stage}')\n"
+            f"ck = out / 'checkpoints' / 'step-1'\nck.mkdir(parents=True, exist_ok=True)\n"
+            f"(ck / 'config.json').write_text(str(time.time_ns()))\n"
+            f"(out / 'results.json').write_text(str(time.time_ns()))\n{extra}"
+            f"phi_lib.io.write_manifest(out, cfg, '{stage}', metrics={{'steps': cfg.train.max_steps}},"
+            f" inputs={{'topics': cfg.synth.topics}} if pathlib.Path(cfg.synth.topics).is_file() else {{}})")
+
+
+@pytest.fixture
+def chain(project):
+    root, params = project
+    _notebook(root / "notebooks" / "05_train.ipynb", _writes("05"))
+    _notebook(root / "notebooks" / "06_evaluate.ipynb", _writes("06"))
+    topics = root / "topics.txt"
+    topics.write_text("optics\n")
+    _notebook(root / "notebooks" / "01_synthesize.ipynb", _writes("01"))
+    params.write_text(params.read_text() + f"synth: {{topics: {topics}}}\n")
+    return root, params, topics
+
+
+def test_a_stale_upstream_that_is_not_run_stops_before_work(chain):
+    from phi_lib.config import ConfigError
+
+    root, params, _ = chain
+    run(params, stages=["05", "06"], log=lambda s: None)
+    marker = root / "out" / "t" / "06_evaluate" / "stage.json"
+    before = marker.read_text()
+    with pytest.raises(ConfigError, match=r"stage 06_evaluate reads 05_train, which is not current "
+                                          r"\(train\.max_steps\): run it too \(--stages 05,06\)"):
+        run(params, stages=["06"], overrides={"train.max_steps": "11"}, log=lambda s: None)
+    assert marker.read_text() == before  # nothing ran
+
+
+def test_a_retrained_upstream_makes_downstream_stale_even_with_the_same_config(chain):
+    root, params, _ = chain
+    run(params, stages=["05", "06"], log=lambda s: None)
+    res = run(params, stages=["05", "06"], log=lambda s: None)
+    assert [s.status for s in res.statuses if s.stage in ("05", "06")] == ["skipped", "skipped"]
+    logs = []
+    run(params, stages=["05"], force=True, log=logs.append)  # new checkpoint bytes, same config
+    res = run(params, stages=["05", "06"], log=logs.append)
+    assert {s.stage: s.status for s in res.statuses if s.stage in ("05", "06")} == {
+        "05": "skipped", "06": "done"}
+    assert any("[06_evaluate] running" in line and "inputs.05_train" in line for line in logs)
+
+
+def test_a_changed_data_file_reruns_the_stage_that_read_it(chain):
+    root, params, topics = chain
+    run(params, stages=["01"], log=lambda s: None)
+    assert run(params, stages=["01"], log=lambda s: None).statuses[0].status == "skipped"
+    topics.write_text("optics\nacoustics\n")
+    logs = []
+    assert run(params, stages=["01"], log=logs.append).statuses[0].status == "done"
+    assert any("data file topics" in line for line in logs)
+
+
+def test_force_discards_outputs_but_keeps_request_caches(chain):
+    root, params, _ = chain
+    run(params, stages=["01"], log=lambda s: None)
+    out = root / "out" / "t" / "01_synthesize"
+    (out / "leftover.jsonl").write_text("{}\n")
+    (out / ".cache").mkdir()
+    (out / ".cache" / "requests.sqlite").write_text("kept")
+    run(params, stages=["01"], force=True, log=lambda s: None)
+    assert not (out / "leftover.jsonl").exists()
+    assert (out / ".cache" / "requests.sqlite").read_text() == "kept"
+    assert (out / "stage.json").is_file()
+
+
+def test_a_shared_stage_that_goes_stale_runs_in_its_own_folder(chain):
+    """Variant b links a's finished stage 01; when b's synth config later changes, stage 01
+    must run into b's own folder, never through the link into a's."""
+    root, params, _ = chain
+    spec = root / "share.yaml"
+    spec.write_text("base: p.yaml\nstages: ['01', '05']\n"
+                    "variants:\n  a: {train.max_steps: 3}\n  b: {train.max_steps: 5}\n")
+    sweep(spec, log=lambda s: None)
+    a, b = root / "out" / "share-a" / "01_synthesize", root / "out" / "share-b" / "01_synthesize"
+    assert b.is_symlink()
+    a_before = (a / "stage.json").read_text(), (a / "checkpoints" / "step-1" / "config.json").read_text()
+    res = run(params, stages=["01"], overrides={"run.name": "share-b", "train.max_steps": "5",
+                                               "synth.min_chars": "7"}, log=lambda s: None)
+    assert res.statuses[0].status == "done"
+    assert not b.is_symlink() and (b / "stage.json").is_file()
+    assert ((a / "stage.json").read_text(),
+            (a / "checkpoints" / "step-1" / "config.json").read_text()) == a_before
