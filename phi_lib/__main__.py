@@ -1,4 +1,4 @@
-"""Command line: `python -m phi_lib {run,sweep,config,eval} ...`."""
+"""Command line: `python -m phi_lib {run,sweep,status,config,eval} ...`."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,11 @@ def main(argv=None) -> int:
     p.add_argument("--force", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true", help="stage lines only (as for `run`)")
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("status", help="which stages of a run are current, and why not")
+    p.add_argument("params")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("config", help="validate a params file and print the resolved config")
     p.add_argument("params")
@@ -71,6 +76,22 @@ def _cmd_sweep(args) -> int:
 
     table = sweep(args.sweep, force=args.force, stream_outputs=not args.quiet)
     print(f"comparison: {table} (+ results.md, results.png)")
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from phi_lib.config import load, parse_set
+    from phi_lib.stages import STAGES
+
+    cfg = load(args.params, parse_set(args.sets))
+    print(f"run {cfg.run.name!r} in {cfg.run_dir}")
+    for number, stage in STAGES.items():
+        if number not in cfg.run.stages or not stage.built:
+            continue
+        reasons = stage.stale_reasons(cfg)
+        state = "current" if not reasons else "not run" if reasons == ["not run"] else \
+            "stale: " + ", ".join(reasons)
+        print(f"  {stage.dirname:<16} {state}")
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from phi_lib.io import atomic_write_text, read_json
-from phi_lib.stages import DONE_MARKER, STAGES
+from phi_lib.stages import STAGES
 
 
 def collect_metrics(run_dir: Path) -> dict[str, float]:
@@ -31,17 +31,19 @@ def stage_rows(cfg, statuses: Optional[list] = None) -> list[dict]:
     rows = []
     for number, stage in STAGES.items():
         st = by_stage.get(number)
+        seconds = round(st.seconds, 1) if st and st.seconds else None
+        detail = st.detail.splitlines()[0] if st and st.detail else ""
         if not stage.built:
             status = "not built yet"
-        elif st is not None:
+        elif st is not None and st.status != "not selected":
             status = st.status
-        elif stage.is_complete(cfg):
-            status = "done"
-        else:
-            status = "stale" if (stage.dir(cfg) / DONE_MARKER).is_file() else "not run"
-        rows.append({"stage": stage.dirname, "status": status,
-                     "seconds": round(st.seconds, 1) if st and st.seconds else None,
-                     "detail": st.detail.splitlines()[0] if st and st.detail else ""})
+        else:  # from disk: a stage this invocation did not run may have gone stale
+            reasons = stage.stale_reasons(cfg)
+            status = "done" if not reasons else "not run" if reasons == ["not run"] else "stale"
+            if status == "stale":
+                detail = "changed: " + ", ".join(reasons[:6])
+        rows.append({"stage": stage.dirname, "status": status, "seconds": seconds,
+                     "detail": detail})
     return rows
 
 

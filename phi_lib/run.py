@@ -199,6 +199,8 @@ def _execute(stage: Stage, cfg: Config, resolved: Path, stream_outputs: bool = T
             kernel_name="python3", cwd=str(stage.notebook.parent),
             progress_bar=sys.stderr.isatty(), log_output=stream_outputs, request_save_on_cell_execute=True)
     except PapermillExecutionError as e:
+        if e.ename == "StaleArtifact":  # already one line naming the changed keys and ways out
+            raise StageFailed(f"stage {stage.dirname}: {e.evalue}") from None
         last = (e.traceback or [""])[-1] if e.traceback else ""
         raise StageFailed(
             f"stage {stage.dirname} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
