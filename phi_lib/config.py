@@ -24,6 +24,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from phi_lib.sandbox import DEFAULT_LEVEL, LEVELS as SANDBOX_LEVELS
+
 
 class ConfigError(ValueError):
     """A params file or override is invalid; the message starts with the key path."""
@@ -180,6 +182,12 @@ class SynthConfig:
     """Run each CodeExercises solution against its asserts in the sandbox; drop failures."""
     exercise_timeout_s: float = 10.0
     """Sandbox wall-clock limit per exercise."""
+    sandbox_isolation: str = DEFAULT_LEVEL
+    """Walls the exercises run behind (`phi_lib.sandbox` documents each): `strict`
+    (bubblewrap: no network, own pid namespace and filesystem view, plus a fresh uid as root),
+    `standard` (no bwrap: no network, fresh uid; needs root) or `weak` (rlimits and a Python
+    audit hook only: a child process escapes). A level the machine cannot give stops the stage
+    before it generates anything; a weaker one runs only when named here."""
     report_samples: int = 6
     """Rows of the sample table in the diversity report."""
 
@@ -195,6 +203,7 @@ class SynthConfig:
         _fraction("dedup_threshold", self.dedup_threshold)
         _positive("decontaminate_ngram", self.decontaminate_ngram)
         _positive("exercise_timeout_s", self.exercise_timeout_s)
+        _one_of("sandbox_isolation", self.sandbox_isolation, tuple(SANDBOX_LEVELS))
         if not self.audiences:
             _fail("audiences", "name at least one audience")
         if not self.styles:
@@ -687,6 +696,10 @@ class EvaluateConfig:
     """Most new tokens for generation tasks."""
     timeout_s: float = 10.0
     """Sandbox wall-clock limit per program."""
+    sandbox_isolation: str = DEFAULT_LEVEL
+    """Walls the HumanEval/MBPP/GSM8K programs run behind: `strict`, `standard` or `weak`,
+    as `synth.sandbox_isolation`. A level the machine cannot give stops the stage before the
+    model is loaded; a weaker one runs only when named here."""
     device: str = "auto"
     """`auto`, `cpu` or `cuda[:N]`."""
     dtype: str = "auto"
@@ -708,6 +721,7 @@ class EvaluateConfig:
         _non_negative("temperature", self.temperature)
         _positive("max_new_tokens", self.max_new_tokens)
         _positive("timeout_s", self.timeout_s)
+        _one_of("sandbox_isolation", self.sandbox_isolation, tuple(SANDBOX_LEVELS))
 
 
 # ----------------------------------------------------------------------------- 07 toxicity
