@@ -242,10 +242,14 @@ def test_child_processes_are_held_by_the_same_walls(tmp_path, level):
     finally:
         got = server.close()
     assert r.status == "passed", r.stderr
-    assert "net" in r.isolation and "audit" in r.isolation
     assert "program blocked PermissionError" in r.stdout  # the audit hook: a clear error
-    assert got == [] and "connected" not in r.stdout, (got, r.stdout)
-    assert victim.read_text() == "keep me"
+    if "net" in r.isolation:
+        assert got == [] and "connected" not in r.stdout, (got, r.stdout)
+    else:  # `weak` without root: the escape its docstring warns of
+        assert r.isolation == ["limits", "audit"] and b"child-python" in got
+    if {"uid", "fs"} & set(r.isolation):
+        assert victim.read_text() == "keep me"
+    assert set(LEVELS[level].walls) <= set(r.isolation)  # what the level claims, it got
 
 
 def test_the_network_check_can_fail(level):
