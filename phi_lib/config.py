@@ -26,6 +26,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from phi_lib.provenance import operational, results_view
+from phi_lib.sandbox import DEFAULT_LEVEL, LEVELS as SANDBOX_LEVELS
 
 
 class ConfigError(ValueError):
@@ -183,6 +184,12 @@ class SynthConfig:
     """Run each CodeExercises solution against its asserts in the sandbox; drop failures."""
     exercise_timeout_s: float = operational(10.0)
     """Sandbox wall-clock limit per exercise."""
+    sandbox_isolation: str = operational(DEFAULT_LEVEL)
+    """Walls the exercises run behind (`phi_lib.sandbox` documents each): `strict`
+    (bubblewrap: no network, own pid namespace and filesystem view, plus a fresh uid as root),
+    `standard` (no bwrap: no network, fresh uid; needs root) or `weak` (rlimits and a Python
+    audit hook only: a child process escapes). A level the machine cannot give stops the stage
+    before it generates anything; a weaker one runs only when named here."""
     report_samples: int = operational(6)
     """Rows of the sample table in the diversity report."""
 
@@ -198,6 +205,7 @@ class SynthConfig:
         _fraction("dedup_threshold", self.dedup_threshold)
         _positive("decontaminate_ngram", self.decontaminate_ngram)
         _positive("exercise_timeout_s", self.exercise_timeout_s)
+        _one_of("sandbox_isolation", self.sandbox_isolation, tuple(SANDBOX_LEVELS))
         if not self.audiences:
             _fail("audiences", "name at least one audience")
         if not self.styles:
@@ -690,6 +698,10 @@ class EvaluateConfig:
     """Most new tokens for generation tasks."""
     timeout_s: float = operational(10.0)
     """Sandbox wall-clock limit per program."""
+    sandbox_isolation: str = operational(DEFAULT_LEVEL)
+    """Walls the HumanEval/MBPP/GSM8K programs run behind: `strict`, `standard` or `weak`,
+    as `synth.sandbox_isolation`. A level the machine cannot give stops the stage before the
+    model is loaded; a weaker one runs only when named here."""
     device: str = operational("auto")
     """`auto`, `cpu` or `cuda[:N]`."""
     dtype: str = "auto"
@@ -711,6 +723,7 @@ class EvaluateConfig:
         _non_negative("temperature", self.temperature)
         _positive("max_new_tokens", self.max_new_tokens)
         _positive("timeout_s", self.timeout_s)
+        _one_of("sandbox_isolation", self.sandbox_isolation, tuple(SANDBOX_LEVELS))
 
 
 # ----------------------------------------------------------------------------- 07 toxicity

@@ -28,6 +28,7 @@ def test_evaluate_notebook_in_the_smoke_run(smoke_run):
         humaneval = [json.loads(x) for x in (out / "samples" / "humaneval.jsonl").read_text().splitlines()]
         assert len(humaneval) == cfg.evaluate.limit
         assert all(s["statuses"][0] in ("passed", "failed", "timeout", "error") for s in humaneval)
+        assert man["sandbox"]["level"] == cfg.evaluate.sandbox_isolation and man["sandbox"]["ok"]
 
 
 @pytest.mark.slow

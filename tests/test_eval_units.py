@@ -82,6 +82,44 @@ def test_gsm8k_code_program_is_graded_by_its_printed_value():
     assert not _close(parse_number(r.stdout), 18.0)
 
 
+def test_sandbox_unavailable_stops_before_loading_the_model(tmp_path, monkeypatch):
+    """Fail closed: code tasks whose `evaluate.sandbox_isolation` cannot be built stop the
+    stage before the model is loaded; multiple-choice tasks run no code and need no sandbox."""
+    from phi_lib import sandbox
+    from phi_lib.config import EvaluateConfig
+    from phi_lib.evaluate import harness
+
+    class Loaded(Exception):
+        pass
+
+    def load(*a):
+        raise Loaded
+
+    monkeypatch.setattr(sandbox, "_probe", lambda backend, bwrap: (("limits",), ("simulated",)))
+    monkeypatch.setattr(harness, "_load", load)
+    with pytest.raises(sandbox.SandboxUnavailable, match="^evaluate.sandbox_isolation: "):
+        harness.evaluate_model("smollm2", ["arc_easy", "humaneval"], tmp_path, cfg=EvaluateConfig())
+    cot = EvaluateConfig(gsm8k_mode="cot")
+    assert not harness.runs_programs("gsm8k", "cot") and harness.runs_programs("mbpp")
+    with pytest.raises(Loaded):  # past the sandbox check, to the model
+        harness.evaluate_model("smollm2", ["arc_easy", "gsm8k"], tmp_path, cfg=cot)
+
+
+def test_stage_06_manifest_records_the_isolation_obtained(tmp_path):
+    from phi_lib.config import load
+    from phi_lib.evaluate.stage import write_stage_manifest
+    from phi_lib.sandbox import isolation_report
+
+    cfg = load("params/smoke.yaml", {"run.output_root": str(tmp_path)})
+    main = {"results": {"humaneval": {"pass@1": 0.5}}, "n": {"humaneval": 2},
+            "corrupt": {"humaneval": 0}, "skipped": {}, "time_s": {"humaneval": 1.0}}
+    m = write_stage_manifest(cfg, tmp_path, {cfg.evaluate.model: main})
+    assert m["sandbox"] == isolation_report(cfg.evaluate.sandbox_isolation) and m["sandbox"]["ok"]
+    assert json.loads((tmp_path / "manifest.json").read_text())["sandbox"]["walls"] == m["sandbox"]["walls"]
+    main["results"] = {"arc_easy": {"acc": 0.5}}  # no code ran: nothing to claim
+    assert write_stage_manifest(cfg, tmp_path, {cfg.evaluate.model: main})["sandbox"] is None
+
+
 @needs_data
 @pytest.mark.parametrize("task,n", [("arc_easy", 2376), ("arc_challenge", 1172),
                                     ("piqa", 1838), ("siqa", 1954), ("boolq", 3270),

@@ -25,5 +25,7 @@ def test_stage_01_outputs(smoke_run):
         assert m["metrics"][f"{kind}/tokens"] == sum(r["completion_tokens"] for r in kept)
     assert m["counts"]["textbook/kept"] > 0  # smollm2 writes something that passes
     assert 0 < m["metrics"]["all/embedding_spread"] <= 2
+    # stage 01 checks exercises in the sandbox: the manifest says behind which walls
+    assert m["sandbox"]["level"] == smoke_run.cfg.synth.sandbox_isolation and m["sandbox"]["ok"]
     for fig in m["figures"]:
         assert (out / fig).stat().st_size > 1000

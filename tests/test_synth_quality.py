@@ -100,6 +100,24 @@ def test_exercise_checker_drops_wrong_solutions(tmp_path):
     assert "```" not in kept["text"] and kept["completion"] == answers[0]
 
 
+def test_sandbox_unavailable_stops_before_generating(tmp_path, monkeypatch):
+    """Fail closed: where the sandbox cannot build `synth.sandbox_isolation`'s walls, the
+    stage stops before asking the backend for anything; a weaker level named runs."""
+    from phi_lib import sandbox
+
+    monkeypatch.setattr(sandbox, "_probe", lambda backend, bwrap: (("limits", "audit"), ("simulated",)))
+    cfg = load("params/smoke.yaml", {"run.output_root": str(tmp_path)})
+    cfg.synth.kinds, cfg.synth.decontaminate_against = {"code_exercises": 1}, []
+    specs = build_prompts(cfg.synth, seed_taxonomy(), cfg.run.seed)
+    backend = ScriptedBackend(lambda p, seed: GOOD.format(name=specs[0].function_name))
+    with pytest.raises(sandbox.SandboxUnavailable, match="^synth.sandbox_isolation: .*'strict'"):
+        Synthesizer(cfg, tmp_path, backend).run(specs, progress=False)
+    assert backend.calls == 0
+    cfg.synth.sandbox_isolation = "weak"
+    Synthesizer(cfg, tmp_path, backend).run(specs, progress=False)
+    assert backend.calls == 1 and [r["index"] for r in read_samples(tmp_path, "code_exercises")] == [0]
+
+
 def test_exercise_cut_by_max_new_tokens_is_named_truncated(tmp_path):
     """A budget too small for the asserts: `exercise_truncated`, with the check that failed;
     a complete exercise that still ran into the budget (no closing fence) is run as usual."""

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from phi_lib.evaluate.metrics import exact_match, mean_stderr, parse_number, pass_at_k
-from phi_lib.sandbox import run_programs
+from phi_lib.sandbox import DEFAULT_LEVEL, run_programs
 
 HUMANEVAL_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 """Codex paper's stop sequences (a base model keeps writing after the function)."""
@@ -90,6 +90,15 @@ SPECS: dict[str, GenSpec] = {
 }
 
 
+SANDBOX_KEY = "evaluate.sandbox_isolation"
+
+
+def runs_programs(task: str, gsm8k_mode: str = "code") -> bool:
+    """Whether `task` runs model-written programs in the sandbox."""
+    spec = SPECS.get("gsm8k_cot" if task == "gsm8k" and gsm8k_mode == "cot" else task)
+    return spec is not None and spec.program is not None
+
+
 # ----------------------------------------------------------------------------- generation
 def truncate_at_stop(text: str, stop: list[str]) -> str:
     cut = min((text.find(s) for s in stop if s and s in text), default=len(text))
@@ -138,6 +147,7 @@ def evaluate_generation(model, tokenizer, task: str, docs: list[dict], *, gsm8k_
                         n_samples: int = 1, pass_k=(1,), temperature: float = 0.0,
                         max_new_tokens: int = 384, batch_size: int = 8, timeout_s: float = 10.0,
                         memory_mb: int = 1024, seed: int = 1234,
+                        sandbox_isolation: str = DEFAULT_LEVEL,
                         progress: bool = True) -> tuple[dict, list[dict]]:
     """(metrics, per-item samples) of a generation task."""
     key = "gsm8k_cot" if task == "gsm8k" and gsm8k_mode == "cot" else task
@@ -150,7 +160,8 @@ def evaluate_generation(model, tokenizer, task: str, docs: list[dict], *, gsm8k_
     samples = []
     if spec.program is not None:
         programs = [spec.program(d, p, c) for d, p, cs in zip(docs, prompts, completions) for c in cs]
-        runs = run_programs(programs, timeout_s=timeout_s, memory_mb=memory_mb, progress=progress)
+        runs = run_programs(programs, timeout_s=timeout_s, memory_mb=memory_mb, progress=progress,
+                            isolation=sandbox_isolation, key=SANDBOX_KEY)
         for i, (d, p, cs) in enumerate(zip(docs, prompts, completions)):
             rs = runs[i * n:(i + 1) * n]
             if task == "gsm8k":

@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from phi_lib import sandbox
 from phi_lib.config import ALL_TASKS, EvaluateConfig
 from phi_lib.evaluate.data import load_task
-from phi_lib.evaluate.generation import evaluate_generation
+from phi_lib.evaluate.generation import SANDBOX_KEY, evaluate_generation, runs_programs
 from phi_lib.evaluate.multiple_choice import evaluate_multiple_choice
 from phi_lib.evaluate.prompts import MC_PROMPTS
 from phi_lib.io import ReadStats, atomic_open, atomic_write_json, read_json, versions
@@ -68,6 +69,8 @@ def evaluate_model(model: str, tasks: Sequence[str], out_dir: Union[str, Path], 
     cfg.check()
     out = Path(out_dir)
     settings = settings_of(cfg)
+    if any(runs_programs(t, cfg.gsm8k_mode) for t in cfg.tasks):  # fail before loading the model
+        sandbox.require(cfg.sandbox_isolation, SANDBOX_KEY)
     lm, tok = loaded or _load(model, cfg, run_dir, data_dir)
     results, timings, counts, skipped, corrupt = {}, {}, {}, {}, {}
     for task in cfg.tasks:
@@ -122,7 +125,7 @@ def run_task(lm, tok, task: str, docs: list[dict], cfg: EvaluateConfig,
                                n_samples=cfg.n_samples, pass_k=cfg.pass_k,
                                temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                batch_size=cfg.batch_size, timeout_s=cfg.timeout_s,
-                               progress=progress)
+                               sandbox_isolation=cfg.sandbox_isolation, progress=progress)
 
 
 def _load(model: str, cfg: EvaluateConfig, run_dir, data_dir):

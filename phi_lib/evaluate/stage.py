@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from phi_lib.evaluate.generation import runs_programs
 from phi_lib.evaluate.harness import HEADLINE, evaluate_model, headline
 from phi_lib.hf_models import model_slug
 from phi_lib.io import write_manifest
+from phi_lib.sandbox import isolation_report
 
 
 def run_stage(cfg, out: Path, progress: bool = True) -> dict[str, dict]:
@@ -50,6 +52,9 @@ def write_stage_manifest(cfg, out: Path, runs: dict[str, dict], figures=()) -> d
     counts = {f"{t}/n": n for t, n in main["n"].items()}
     counts.update({f"{t}/corrupt": c for t, c in main["corrupt"].items()})
     counts["tasks_skipped"] = len(main["skipped"])
+    ran_code = any(runs_programs(t, cfg.evaluate.gsm8k_mode) for t in main["results"])
+    sandbox = isolation_report(cfg.evaluate.sandbox_isolation) if ran_code else None
     return write_manifest(out, cfg, "06", metrics=metrics, counts=counts, figures=list(figures),
                           timings={f"{t}/s": s for t, s in main["time_s"].items()},
-                          skipped=main["skipped"], models=list(runs))
+                          skipped=main["skipped"], models=list(runs),
+                          sandbox=sandbox)

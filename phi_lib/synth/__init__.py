@@ -45,6 +45,11 @@ def write_stage_manifest(cfg, out: Path, summary: SynthSummary, report: Diversit
                          topics: list[Topic]) -> dict:
     """`01_synthesize/manifest.json`: counts and tokens per kind, diversity metrics, figures."""
     from phi_lib.io import write_manifest
+    from phi_lib.sandbox import isolation_report
+
+    # the walls the exercise checks run behind (None: this stage runs no code)
+    ran = cfg.synth.check_exercises and summary.generated.get("code_exercises", 0)
+    sandbox = isolation_report(cfg.synth.sandbox_isolation) if ran else None
 
     counts: dict[str, int] = {"topics": len(topics), "corrupt_records": summary.corrupt}
     metrics: dict[str, float] = {}
@@ -61,4 +66,4 @@ def write_stage_manifest(cfg, out: Path, summary: SynthSummary, report: Diversit
     metrics.update({k: v for k, v in report.metrics.items() if not k.endswith("/kept")})
     return write_manifest(out, cfg, "01", metrics=metrics, counts=counts, figures=report.figures,
                           timings={"generate_s": round(summary.seconds, 2)},
-                          cached_completions=summary.cached)
+                          cached_completions=summary.cached, sandbox=sandbox)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from phi_lib import sandbox
 from phi_lib.config import Config
 from phi_lib.io import ReadStats, ShardedJsonlWriter, read_jsonl_folder
 from phi_lib.synth import quality
@@ -103,6 +104,8 @@ class Synthesizer:
             for rec in read_jsonl_folder(self.kept_dir(kind)):
                 self.near.duplicate_of(kind, rec["id"], rec["text"])
         todo = [s for s in specs if not kept[s.kind].has(s.id) and not dropped[s.kind].has(s.id)]
+        if self.scfg.check_exercises and any(s.kind == "code_exercises" for s in todo):
+            sandbox.require(self.scfg.sandbox_isolation, quality.SANDBOX_KEY)  # before generating
         bar = None
         if progress and todo:
             from tqdm.auto import tqdm
@@ -174,7 +177,7 @@ class Synthesizer:
         if cfg.check_exercises and programs:
             idx = sorted(programs)
             for i, (reason, detail) in zip(idx, quality.run_exercises([programs[i] for i in idx],
-                                                                      cfg.exercise_timeout_s)):
+                                                                      cfg)):
                 if reason:
                     records[i]["drop_reason"], records[i]["drop_detail"] = reason, detail
         for rec in records:  # last: only samples that pass everything enter the dedup index

@@ -62,13 +62,17 @@ def exercise_program(text: str, function_name: str) -> tuple[Optional[str], str]
     return None, code
 
 
-def run_exercises(programs: list[str], timeout_s: float) -> list[tuple[Optional[str], str]]:
+SANDBOX_KEY = "synth.sandbox_isolation"
+
+
+def run_exercises(programs: list[str], cfg: SynthConfig) -> list[tuple[Optional[str], str]]:
     """Run each program (solution + asserts) in the sandbox: per program (drop reason or None,
     detail: the last line of its stderr, e.g. the AssertionError)."""
     from phi_lib.sandbox import run_programs
 
     out = []
-    for r in run_programs(programs, timeout_s=timeout_s, memory_mb=1024):
+    for r in run_programs(programs, timeout_s=cfg.exercise_timeout_s, memory_mb=1024,
+                          isolation=cfg.sandbox_isolation, key=SANDBOX_KEY):
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         out.append((None if r.status == "passed" else f"exercise_{r.status}",
                     lines[-1][:200] if lines else ""))
