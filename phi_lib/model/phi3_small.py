@@ -420,7 +420,11 @@ class _Context:
         self.scale = config.attention_scale
         impl = config.attn_implementation
         self.dense_impl = pick_implementation("auto" if impl == "flex" else impl, x)
-        self.use_flex = (impl == "flex" or (impl == "auto" and x.is_cuda)) and t > 1 and not dropout_p
+        # flex for prefill and training (decoding rows are cheap to mask); torch's CPU flex
+        # has no backward, and no flex path has dropout: the masked path serves those
+        trains_on_cpu = not x.is_cuda and torch.is_grad_enabled() and x.requires_grad
+        self.use_flex = ((impl == "flex" or (impl == "auto" and x.is_cuda)) and t > 1
+                         and not dropout_p and not trains_on_cpu)
         self.device = x.device
         self.mask = build_mask(t, past + t, x.device, key_padding=attention_mask,
                                document_ids=document_ids)
