@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from phi_lib.model import PhiConfig, PhiForCausalLM, build_model
+from phi_lib.model.planning import memory_per_gpu, param_count
 from phi_lib.model.phi3_small import (PHI3_SMALL_DUMMY_IDS, Phi3SmallConfig, Phi3SmallForCausalLM,
                                       block_layout, dense_mask, gegelu, sparse_mask_mod)
 
@@ -77,6 +78,13 @@ def test_presets_are_the_reference_defaults_and_the_published_size():
     with torch.device("meta"):
         n = Phi3SmallForCausalLM(ours).num_parameters()
     assert n == PUBLISHED_PARAMS
+    for cfg in (ours, Phi3SmallConfig.from_preset("phi3-small-tiny")):  # the planner's arithmetic
+        with torch.device("meta"):
+            model = Phi3SmallForCausalLM(cfg)
+        counts = param_count(cfg)
+        assert counts["total"] == model.num_parameters()
+        assert counts["non_embedding"] == model.num_parameters(exclude_embeddings=True)
+        assert memory_per_gpu(cfg, 2, "bf16", 8, 1, 8192)["total"] > 0
     assert PhiConfig.from_preset("phi-3-small") == ours  # the workbook's preset lookup
     assert isinstance(build_model(tiny()), Phi3SmallForCausalLM)
 
@@ -95,6 +103,8 @@ def test_config_json_round_trip_and_errors():
     cfg = CASES["homo heads, 32-token blocks, no clamp"]
     assert Phi3SmallConfig.from_hf_dict(cfg.to_hf_dict()).replace(name=cfg.name) == cfg
     assert "dummy_token_ids" not in Phi3SmallConfig.from_preset("phi-3-small").to_hf_dict()
+    written_by_transformers_5 = {**cfg.to_hf_dict(), "rope_scaling": {"rope_type": "default"}}
+    assert Phi3SmallConfig.from_hf_dict(written_by_transformers_5).rope_scaling is None
     with pytest.raises(NotImplementedError, match="LongRoPE"):
         tiny(rope_scaling={"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]})
     with pytest.raises(ValueError, match="dummy_token_ids"):
@@ -298,6 +308,18 @@ def test_training_grads_match_reference():
     grads = dict(ours.named_parameters())
     for name, p in ref.named_parameters():
         assert (grads[name].grad - p.grad).abs().max() < TOL, name
+
+
+def test_gradient_checkpointing_same_grads():
+    ours, _ = pair(CASES["tiny"])
+    ids, _ = batch(CASES["tiny"], b=2, t=40)
+    grads = []
+    for ckpt in (False, True):
+        ours.zero_grad()
+        ours.train().gradient_checkpointing_enable(ckpt)
+        ours(ids).logsumexp(-1).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in ours.parameters()]))
+    assert (grads[0] - grads[1]).abs().max() < 1e-6
 
 
 def test_dropout_only_in_training():

@@ -95,7 +95,7 @@ class Phi3SmallConfig:
     blocksparse_homo_head_pattern: bool = False
     """True: all heads share one layout (no per-head offset of the vertical blocks)."""
     blocksparse_triton_kernel_block_size: int = 64
-    """Tile of the reference's Triton kernel (no effect on the numbers; kept for config.json)."""
+    """Tile of the reference's Triton kernel (no effect here; kept for config.json)."""
     dense_attention_every_n_layers: Optional[int] = 2
     """Layer i (0-based) is dense when (i + 1) % n == 0, else block-sparse; empty = all sparse."""
     embedding_dropout_prob: float = 0.1
@@ -247,6 +247,9 @@ class Phi3SmallConfig:
             raise ValueError("config.json: tie_word_embeddings=false; phi3small ties its LM head")
         kw = {f.name: d[f.name] for f in dataclasses.fields(cls)
               if f.name in d and f.name not in ("name", "attn_implementation")}
+        scaling = kw.get("rope_scaling") or {}
+        if (scaling.get("rope_type") or scaling.get("type")) == "default":
+            kw["rope_scaling"] = None  # transformers 5 writes the plain rotary this way
         kw["name"] = d.get("_name_or_path", "") or ""
         kw.update(overrides)
         return cls(**kw)
@@ -320,16 +323,12 @@ def dense_mask(mask_mod, batch: int, heads: int, tq: int, tk: int, device) -> to
 
 
 def block_mask(mask_mod, batch: int, config: Phi3SmallConfig, tq: int, tk: int, device):
-    """A flex-attention BlockMask: key blocks outside the layout are skipped, not masked."""
+    """A flex-attention BlockMask: a tile (flex's default, 128 x 128 tokens) none of whose
+    layout blocks is seen is skipped, not computed; the others apply mask_mod inside."""
     from torch.nn.attention.flex_attention import create_block_mask
 
     return create_block_mask(mask_mod, batch if batch > 1 else None, config.num_attention_heads,
-                             tq, tk, device=device, BLOCK_SIZE=_flex_block(config),
-                             _compile=device.type == "cuda")
-
-
-def _flex_block(config: Phi3SmallConfig) -> int:
-    return max(config.blocksparse_block_size, 16)
+                             tq, tk, device=device, _compile=device.type == "cuda")
 
 
 @functools.lru_cache(maxsize=1)
