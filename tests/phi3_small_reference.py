@@ -78,7 +78,8 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     out = torch.empty_like(q)
     for i in range(len(cu_seqlens_q) - 1):
-        qs, qe, ks, ke = int(cu_seqlens_q[i]), int(cu_seqlens_q[i + 1]), int(cu_seqlens_k[i]), int(cu_seqlens_k[i + 1])
+        qs, qe = int(cu_seqlens_q[i]), int(cu_seqlens_q[i + 1])
+        ks, ke = int(cu_seqlens_k[i]), int(cu_seqlens_k[i + 1])
         lq, lk = qe - qs, ke - ks
         allowed = torch.ones(1, lq, lk, dtype=torch.bool)
         if causal:  # bottom-right aligned: query i is at key position lk - lq + i

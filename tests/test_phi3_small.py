@@ -36,8 +36,10 @@ CASES = {
     # 2 heads under a stride of 6: the heads' vertical blocks shift by 3
     "stride > heads": tiny(num_attention_heads=2, num_key_value_heads=1, hidden_size=64,
                            blocksparse_vert_stride=6, blocksparse_num_local_blocks=1),
-    # (tiles smaller than blocks, e.g. 16 in 32, break the reference's batched-inference kernel
-    # call: it reads its 32-token layout rows as 16-token ones; the published model has 64/64)
+    # (kernel tiles smaller than blocks, e.g. 16 in 32, are left out: as written, the reference's
+    # batched-inference call passes its 32-token layout with block_size=16, so the kernel would
+    # read layout rows as 16-token blocks; its training path kron-expands correctly. 64/64 in
+    # the published model)
     "homo heads, 32-token blocks, no clamp": tiny(
         blocksparse_homo_head_pattern=True, blocksparse_block_size=32,
         blocksparse_triton_kernel_block_size=32, blocksparse_num_local_blocks=1,
@@ -311,8 +313,8 @@ def test_training_grads_match_reference():
         logits = model(ids) if model is ours else model(ids, use_cache=False).logits
         torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten()).backward()
     grads = dict(ours.named_parameters())
-    for name, p in ref.named_parameters():
-        assert (grads[name].grad - p.grad).abs().max() < TOL, name
+    for name, p in ref.named_parameters():  # gradients are ~1e-2 here: a tighter bound
+        assert (grads[name].grad - p.grad).abs().max() < 1e-7, name
 
 
 def test_gradient_checkpointing_same_grads():

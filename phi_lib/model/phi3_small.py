@@ -13,8 +13,8 @@ tokenizer's unused (dummy) ids are set to the dtype's minimum.
 Every `dense_attention_every_n_layers`-th layer attends densely (causal); the others are
 block-sparse: with blocks of `blocksparse_block_size` tokens, a query block sees its
 `blocksparse_num_local_blocks` nearest key blocks (itself included) and every key block k with
-(k + 1 + head offset) % `blocksparse_vert_stride` == 0, the offset rotating with the head so
-the heads together cover all blocks. Positions count from each sequence's first real token
+(k + 1 + head offset) % `blocksparse_vert_stride` == 0, the offset growing with the head so
+that different heads keep different vertical blocks. Positions count from each sequence's first real token
 (a left-padded row's layout starts after its padding, as the reference kernel does).
 
 One rule (`_layout_rule`) gives both attention paths: a boolean mask for SDPA (any device;
@@ -32,11 +32,9 @@ from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from phi_lib.model.attention import (attend, build_mask, causal_mask, pick_implementation,
-                                     positions_from_document_ids)
+from phi_lib.model.attention import attend, build_mask, pick_implementation, positions_from_document_ids
 from phi_lib.model.cache import KVCache
 from phi_lib.model.model import RotaryEmbedding, apply_rotary
 
