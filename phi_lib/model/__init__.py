@@ -8,6 +8,13 @@ from phi_lib.model.cache import KVCache
 from phi_lib.model.config import PRESETS, PhiConfig
 from phi_lib.model.generate import generate, generate_text, sample_next
 from phi_lib.model.model import PhiForCausalLM
+from phi_lib.model.phi3_small import Phi3SmallConfig, Phi3SmallForCausalLM
 
-__all__ = ["PhiConfig", "PhiForCausalLM", "KVCache", "PRESETS", "generate", "generate_text",
-           "sample_next"]
+
+def build_model(config):
+    """The model of a config: PhiForCausalLM, or Phi3SmallForCausalLM for a Phi3SmallConfig."""
+    return (Phi3SmallForCausalLM if isinstance(config, Phi3SmallConfig) else PhiForCausalLM)(config)
+
+
+__all__ = ["PhiConfig", "PhiForCausalLM", "Phi3SmallConfig", "Phi3SmallForCausalLM", "KVCache",
+           "PRESETS", "build_model", "generate", "generate_text", "sample_next"]

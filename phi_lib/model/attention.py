@@ -40,39 +40,42 @@ def pick_implementation(requested: str, q: torch.Tensor) -> str:
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], *,
            impl: str, dropout_p: float = 0.0, sliding_window: Optional[int] = None,
-           cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: int = 0) -> torch.Tensor:
+           cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: int = 0,
+           scale: Optional[float] = None) -> torch.Tensor:
     """Scaled dot-product attention with the kernel `impl` (after `pick_implementation`).
 
     `cu_seqlens` (flash-attn only): packed documents of one row each (varlen), instead of a mask.
+    `scale`: of the scores; default 1/sqrt(head dim) (phi-3-small's muP uses 1/head dim).
     """
     if impl == "flash_attention_2" and (mask is None or cu_seqlens is not None):
-        return _flash(q, k, v, dropout_p, sliding_window, cu_seqlens, max_seqlen)
+        return _flash(q, k, v, dropout_p, sliding_window, cu_seqlens, max_seqlen, scale)
     if mask is None and sliding_window is not None and k.shape[2] > sliding_window:
         mask = causal_mask(q.shape[2], k.shape[2], q.device, sliding_window=sliding_window)
     if impl == "eager":
-        return _eager(q, k, v, mask, dropout_p)
-    return _sdpa(q, k, v, mask, dropout_p)
+        return _eager(q, k, v, mask, dropout_p, scale)
+    return _sdpa(q, k, v, mask, dropout_p, scale)
 
 
-def _sdpa(q, k, v, mask, dropout_p):
+def _sdpa(q, k, v, mask, dropout_p, scale=None):
     dtype = q.dtype
     if q.device.type == "cpu" and dtype == torch.float16:  # CPU math kernel: q.k in fp16 overflows
         q, k, v = q.float(), k.float(), v.float()
     k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
     if mask is None and q.shape[2] != k.shape[2]:
         if q.shape[2] == 1:  # one new token sees the whole cache: no mask at all
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p).to(dtype)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale).to(dtype)
         mask = causal_mask(q.shape[2], k.shape[2], q.device)  # SDPA's is_causal is top-left aligned
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                         is_causal=mask is None)
+                                         is_causal=mask is None, scale=scale)
     return out.to(dtype)
 
 
-def _eager(q, k, v, mask, dropout_p):
+def _eager(q, k, v, mask, dropout_p, scale=None):
     """Reference path, all in fp32: readable, and safe for phi-2 in fp16."""
     dtype = q.dtype
     k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
-    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q.float() @ k.float().transpose(-1, -2)) * scale
     if mask is None:
         mask = causal_mask(q.shape[2], k.shape[2], q.device)
     scores = scores.masked_fill(~mask, float("-inf"))
@@ -80,19 +83,21 @@ def _eager(q, k, v, mask, dropout_p):
     return (probs @ v.float()).to(dtype)
 
 
-def _flash(q, k, v, dropout_p, sliding_window, cu_seqlens, max_seqlen):
+def _flash(q, k, v, dropout_p, sliding_window, cu_seqlens, max_seqlen, scale=None):
     from flash_attn import flash_attn_func, flash_attn_varlen_func
 
     window = (sliding_window - 1, 0) if sliding_window else (-1, -1)
     # flash-attn wants (B, T, H, D); its causal mask is bottom-right aligned (cached decoding)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if cu_seqlens is None:
-        out = flash_attn_func(q, k, v, dropout_p=dropout_p, causal=True, window_size=window)
+        out = flash_attn_func(q, k, v, dropout_p=dropout_p, softmax_scale=scale, causal=True,
+                              window_size=window)
     else:
         b, t = q.shape[:2]
         flat = [x.reshape(b * t, *x.shape[2:]) for x in (q, k, v)]
         out = flash_attn_varlen_func(*flat, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-                                     dropout_p=dropout_p, causal=True, window_size=window)
+                                     dropout_p=dropout_p, softmax_scale=scale, causal=True,
+                                     window_size=window)
         out = out.view(b, t, *out.shape[1:])
     return out.transpose(1, 2)
 

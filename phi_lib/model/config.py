@@ -100,13 +100,19 @@ class PhiConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "PhiConfig":
         """A named architecture (`phi-tiny`, `phi-1-small`, `phi-1`, `phi-1.5`, `phi-2`,
-        `phi-3-mini`) with field overrides."""
+        `phi-3-mini`) with field overrides. The phi-3-small presets (`phi-3-small`,
+        `phi3-small-tiny`) give a `Phi3SmallConfig` (phi_lib/model/phi3_small.py)."""
+        from phi_lib.model.phi3_small import PRESETS as SMALL_PRESETS, Phi3SmallConfig
+
+        if name in SMALL_PRESETS:
+            return Phi3SmallConfig.from_preset(name, **overrides)
         if name not in PRESETS:
             import difflib
 
-            close = difflib.get_close_matches(name, PRESETS, n=1)
+            known = [*PRESETS, *SMALL_PRESETS]
+            close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown preset {name!r}{hint} (known: {', '.join(PRESETS)})")
+            raise ValueError(f"unknown preset {name!r}{hint} (known: {', '.join(known)})")
         fields = {f.name for f in dataclasses.fields(cls)}
         bad = [k for k in overrides if k not in fields]
         if bad:
@@ -162,6 +168,9 @@ class PhiConfig:
     def from_hf_dict(cls, d: dict[str, Any], **overrides: Any) -> "PhiConfig":
         """Read a transformers `config.json` (model_type `phi` or `phi3`, 4.x or 5.x layout)."""
         model_type = d.get("model_type")
+        if model_type == "phi3small":
+            raise ValueError("config.json: model_type 'phi3small' is Phi-3-small: read it with "
+                             "phi_lib.model.phi3_small.Phi3SmallConfig.from_hf_dict")
         if model_type not in ARCHS:
             raise ValueError(
                 f"config.json: model_type {model_type!r} is not supported (need 'phi' or 'phi3'; "

@@ -25,6 +25,12 @@ def param_count(config: PhiConfig) -> dict[str, int]:
         norms = 2 * h                                                      # one LayerNorm (w, b)
         final_norm = 2 * h
         lm_head = h * config.vocab_size + config.vocab_size
+    elif config.arch == "phi3small":
+        attention = h * (q + 2 * kv) + (q + 2 * kv) + q * h + h            # query_key_value, dense + biases
+        mlp = h * 2 * i + 2 * i + i * h + h                                # up_proj, down_proj + biases
+        norms = 4 * h                                                      # two LayerNorms (w, b)
+        final_norm = 2 * h
+        lm_head = h * config.vocab_size                                    # tied: subtracted below
     else:
         attention = h * (q + 2 * kv) + q * h                               # qkv_proj, o_proj
         mlp = h * 2 * i + i * h                                            # gate_up, down
@@ -99,7 +105,8 @@ def activation_bytes(config: PhiConfig, micro_batch_size: int, seq_len: int, pre
     attention output 2sbh, fc1 output 2sbi, gelu output 2sbi, two dropout masks 2sbh when
     dropout is on; without flash attention also the softmax 2as^2b (+ its dropout mask as^2b).
     The phi-3 block adds a second norm (4sbh) and its SwiGLU keeps gate+up 4sbi and their
-    product 2sbi. The LM head keeps logits and their log-softmax in fp32 (8 B x s b V).
+    product 2sbi; phi-3-small's GEGELU keeps the same (its 2i-wide input, i-wide output) and it
+    has one dropout mask (sbh). The LM head keeps logits and their log-softmax in fp32 (8 B x s b V).
     With activation checkpointing only each block's input (2sbh) is kept, plus one block's
     worth during recomputation.
     """
@@ -110,10 +117,15 @@ def activation_bytes(config: PhiConfig, micro_batch_size: int, seq_len: int, pre
         per_layer = (2 + 2 + 6 + 2) * s * b * h * word / 2 + 2 * s * b * i * word
     else:
         per_layer = (2 + 2 + 6 + 2 + 4) * s * b * h * word / 2 + 3 * s * b * i * word
-    if config.resid_pdrop > 0:
-        per_layer += 2 * s * b * h  # 1-byte masks
+    if config.arch == "phi3small":  # one dropout per block, on the MLP output
+        masks = s * b * h if config.ffn_dropout_prob > 0 else 0
+        attention_dropout = config.attention_dropout_prob
+    else:
+        masks = 2 * s * b * h if config.resid_pdrop > 0 else 0
+        attention_dropout = config.attention_dropout
+    per_layer += masks  # 1-byte dropout masks
     if not flash_attention:
-        per_layer += a * s * s * b * word + (a * s * s * b if config.attention_dropout > 0 else 0)
+        per_layer += a * s * s * b * word + (a * s * s * b if attention_dropout > 0 else 0)
     logits = 8 * s * b * config.vocab_size
     if activation_checkpointing:
         layers = config.num_hidden_layers * s * b * h * word + per_layer
