@@ -253,3 +253,29 @@ def test_retry_after_http_date_is_understood():
     later = _retry_after(formatdate(time.time() + 120, usegmt=True))
     assert 100 < later <= 121
     assert _retry_after(formatdate(time.time() - 60, usegmt=True)) == 0.0
+
+
+def test_request_cache_is_keyed_by_the_model_identity(tmp_path):
+    """A changed model behind the same name (other weights in the folder) is never answered
+    from the cache; operational settings (batch size, device) share it."""
+    from phi_lib.backends import backend_identity
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights-1")
+    cfg = BackendConfig(model=str(model))
+    ident = backend_identity(cfg)
+    assert ident["model_identity"] != f"name:{model}"
+    assert backend_identity(BackendConfig(model=str(model), batch_size=1, device="cpu")) == ident
+    assert backend_identity(BackendConfig(model=str(model), dtype="float32")) != ident
+    inner = EchoBackend()
+    CachedBackend(inner, tmp_path / "c", identity="a").generate(["x"], PARAMS)
+    assert CachedBackend(inner, tmp_path / "c", identity="a").generate(["x"], PARAMS)[0].cached
+    assert not CachedBackend(inner, tmp_path / "c", identity="b").generate(["x"], PARAMS)[0].cached
+    wired = get_backend(BackendConfig(model=str(model), cache=True), cache_dir=tmp_path / "c")
+    (model / "model.safetensors").write_bytes(b"weights-2, other size")
+    assert backend_identity(cfg) != ident
+    rewired = get_backend(BackendConfig(model=str(model), cache=True), cache_dir=tmp_path / "c")
+    assert wired.identity and rewired.identity != wired.identity  # what get_backend keys by
+    assert backend_identity(BackendConfig(kind="openai", model="m", base_urls=["http://h/v1"])
+                            )["model_identity"] == "name:m"
