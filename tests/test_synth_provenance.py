@@ -233,3 +233,34 @@ def test_writer_prune_rewrites_shards_and_keeps_numbering(tmp_path):
     got = {p.name: [json.loads(line)["id"] for line in p.read_text().splitlines()]
            for p in w.shards()}
     assert got == {"shard-00000.jsonl": [0], "shard-00002.jsonl": [4], "shard-00003.jsonl": [9, 8]}
+
+
+@pytest.mark.slow  # the report embeds the samples with MiniLM
+def test_steps_record_their_stats_and_the_manifest_merges_them(tmp_path):
+    """The stage contract: each step writes `.steps/<step>.json`; the manifest (written from
+    those files, here by a second stage object as after a kernel restart) has every step's
+    numbers, the figures and the data files read; a rerun with nothing changed redoes nothing."""
+    from phi_lib.synth import SynthStage
+
+    cfg = config(tmp_path, **{"synth.min_chars": 150})
+    cfg.synth.decontaminate_against = ["gsm8k"]
+    run_steps(cfg, ScriptedBackend(answer), report=True)
+    out = cfg.run_dir / "01_synthesize"
+    assert sorted(p.stem for p in (out / ".steps").glob("*.json")) == [
+        "filter", "generate", "prompts", "report", "topics"]
+    steps = {p.name: p.read_bytes() for p in (out / ".steps").glob("*.json")}
+    m = SynthStage(cfg).write_manifest()
+    kept = len(records(out, "textbook"))
+    assert m["counts"]["textbook/generated"] == 4 and m["counts"]["textbook/kept"] == kept
+    assert m["counts"]["topics"] > 0 and m["counts"]["prompts"] == 6
+    assert sum(m["drops"].values()) == 6 - kept - len(records(out, "code_textbook"))
+    assert m["metrics"]["tokens"] == 50 * (6 - sum(m["drops"].values()))  # scripted: 50 each
+    assert set(m["timings"]) == {"topics", "prompts", "generate", "filter", "report"}
+    assert m["figures"] == ["counts.png", "audiences.png", "embeddings.png"]
+    assert 0 < m["metrics"]["all/embedding_spread"] <= 2
+    assert set(m["inputs"]) == {"benchmark:gsm8k", "generator"}
+    backend = ScriptedBackend(answer)
+    stage = run_steps(cfg, backend, report=True)
+    assert backend.calls == 0
+    assert {p.name: p.read_bytes() for p in (out / ".steps").glob("*.json")} == steps
+    assert stage.write_manifest()["figures"] == m["figures"]

@@ -59,15 +59,13 @@ class GenerationRun:
     corrupt: int = 0
     """Unreadable lines met in the store (torn writes of a killed run), dropped by pruning."""
 
-    def table(self):
-        import pandas as pd
-
+    def rows(self) -> list[dict]:
+        """One row per kind: reused, stale removed, asked, written, failed."""
         kinds = sorted(set(self.asked) | set(self.reused) | set(self.removed))
         errs = {k: sum(1 for i, _ in self.errors if i.startswith(f"{k}-")) for k in kinds}
-        rows = [{"kind": k, "reused": self.reused.get(k, 0), "stale removed": self.removed.get(k, 0),
+        return [{"kind": k, "reused": self.reused.get(k, 0), "stale removed": self.removed.get(k, 0),
                  "asked": self.asked.get(k, 0), "written": self.written.get(k, 0),
                  "failed (asked again next run)": errs[k]} for k in kinds]
-        return pd.DataFrame(rows).set_index("kind") if rows else pd.DataFrame()
 
 
 def raw_record(spec: PromptSpec, c, *, fingerprint: str, backend, sampling, run_seed: int) -> dict:

@@ -161,13 +161,11 @@ class SynthStage(BaseStage):
     def generate(self, progress: bool = True):
         """Ask the backend for every prompt without a current raw completion; prune the stale
         ones (from the raw store and from the kept/dropped samples) first."""
-        import pandas as pd
-
         gen, store = self.generation_fingerprint(), self.path(GENERATED)
         fp = Fingerprint.of(config=gen.config, inputs={
             **gen.inputs, "prompts": path_digest(self.path(PROMPTS_FILE))})
         if self._up_to_date("generate", fp, (store,)):
-            return pd.DataFrame(self.step_stats("generate")["table"]).set_index("kind")
+            return kinds_table(self.step_stats("generate")["table"])
         specs = self.read_prompts()
         wanted = {s.id: s.fields() for s in specs}
 
@@ -192,24 +190,21 @@ class SynthStage(BaseStage):
                        "message": f"{len(run.errors)} of {sum(run.asked.values())} requests failed "
                                   f"(first: {first_id}: {first[:200]}); a failed request is not a "
                                   f"result, it is asked again on the next run"}
-        table = run.table()
         self.record("generate", fingerprint=fp, counts=counts, metrics=metrics,
                     seconds=round(run.seconds, 2), outputs_digest=self._digest(store),
-                    pending=pending, table=table.reset_index().to_dict("records"))
-        return table
+                    pending=pending, table=run.rows())
+        return kinds_table(run.rows())
 
     # ------------------------------------------------------------------ step 4: filter
     def filter(self):
         """Quality-filter the raw completions into kept and dropped samples (each kind's two
         folders rewritten whole). A sample whose completion and filter settings are unchanged
         keeps its verdict; near-duplicates are decided again over the whole kind."""
-        import pandas as pd
-
         flt, store = self.filter_fingerprint(), self.path(GENERATED)
         fp = Fingerprint.of(config=flt.config, inputs={**flt.inputs, "generated": self._digest(store)})
         outputs = self._sample_dirs()
         if self._up_to_date("filter", fp, outputs):
-            return pd.DataFrame(self.step_stats("filter")["table"]).set_index("kind")
+            return kinds_table(self.step_stats("filter")["table"])
         with self.timed() as t:
             stats = ReadStats()
             bench = _Lazy(lambda: self._benchmarks(flt))
@@ -245,11 +240,9 @@ class SynthStage(BaseStage):
             metrics["keep_rate"] = kept_total / max(generated, 1)
             counts["corrupt_records"] = stats.n_corrupt
             counts["filter_verdicts_reused"] = reused
-        table = pd.DataFrame(rows).fillna(0).set_index("kind") if rows else pd.DataFrame()
         self.record("filter", fingerprint=fp, counts=counts, drops=drops, metrics=metrics,
-                    seconds=t["seconds"], outputs_digest=self._digest(*outputs),
-                    table=table.reset_index().to_dict("records"))
-        return table
+                    seconds=t["seconds"], outputs_digest=self._digest(*outputs), table=rows)
+        return kinds_table(rows)
 
     def _sample_dirs(self) -> tuple[Path, ...]:
         return tuple(p for k in KINDS for p in (self.out / k, self.path(DROPPED) / k))
@@ -305,7 +298,6 @@ class SynthStage(BaseStage):
     def report(self, device: str = "cpu"):
         """Diversity of the kept samples (distinct-n, coverage, embedding spread) and plots."""
         import matplotlib.pyplot as plt
-        import pandas as pd
 
         from phi_lib.synth import report as rep
 
@@ -320,9 +312,9 @@ class SynthStage(BaseStage):
         if not self._up_to_date("report", fp, figures):
             with self.timed() as t:
                 metrics, emb, embedded = rep.diversity_metrics(self.cfg, kept, self.read_topics(), device)
-                counts = pd.DataFrame((self.step_stats("filter") or {}).get("table") or [])
+                counts = kinds_table((self.step_stats("filter") or {}).get("table") or [])
                 everything = [r for k in kinds for r in kept[k]]
-                made = {"counts.png": rep.counts_figure(counts.set_index("kind")) if len(counts) else None,
+                made = {"counts.png": rep.counts_figure(counts) if len(counts) else None,
                         "audiences.png": rep.audiences_figure(everything),
                         "embeddings.png": rep.embeddings_figure(
                             emb, embedded, kinds, metrics["all/embedding_spread"])}
@@ -364,6 +356,16 @@ class SynthStage(BaseStage):
 
 
 # ---------------------------------------------------------------------------- tables, helpers
+def kinds_table(rows: list[dict]):
+    """Rows of per-kind counts (a step's `table`) as a DataFrame indexed by kind (0 where a
+    kind has no entry for a column, e.g. a drop reason)."""
+    import pandas as pd
+
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).set_index("kind").fillna(0).astype(int)
+
+
 def topics_table(topics: list[Topic]):
     """Topics per (group, subject, origin) as a DataFrame."""
     import pandas as pd
