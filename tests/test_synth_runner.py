@@ -86,8 +86,7 @@ def test_changed_sampling_killed_and_resumed_reruns_01_and_03(smoke_copy):
                and proc.poll() is None and time.time() < deadline):
             time.sleep(0.05)
     finally:
-        _kill_tree(proc.pid)
-    proc.wait(30)
+        _kill_tree(proc)
     mid = raw_records(out)  # the old raw completions were pruned before the first request
     assert proc.returncode == -9 and [r["fingerprint"] for r in mid] == [new], proc.returncode
     assert not (out / "stage.json").exists()  # a killed stage is not done
@@ -133,18 +132,19 @@ def test_changed_filter_knob_refilters_without_generating(smoke_copy):
     assert old and key not in old
 
 
-def _kill_tree(pid):
+def _kill_tree(proc):
     """SIGKILL a process and every descendant (the papermill kernel runs in its own session)."""
     import psutil
 
     try:
-        root = psutil.Process(pid)
+        kids = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
-        return
-    procs = root.children(recursive=True) + [root]
-    for p in procs:
+        kids = []
+    for p in kids:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(procs, timeout=30)
+    proc.kill()
+    proc.wait(30)  # reaped by Popen, so its returncode says how it ended
+    psutil.wait_procs(kids, timeout=30)
