@@ -201,43 +201,35 @@ class SynthStage(BaseStage):
         if self._up_to_date("filter", fp, outputs):
             return kinds_table(self.step_stats("filter")["table"])
         with self.timed() as t:
-            stats = ReadStats()
-            bench = _Lazy(lambda: self._benchmarks(flt))
-            counts, drops, metrics, rows, reused = {}, {}, {}, [], 0
-            kinds = [k for k in KINDS if k in self.scfg.kinds or any(
-                (d / k).is_dir() for d in (store, self.out, self.path(DROPPED)))]
-            for kind in kinds:
-                samples = [dict(sample_record(r), filter_fingerprint=flt.key)
-                           for r in read_generated(self.out, kind, stats)]
-                reused += self._reuse_verdicts(kind, samples, flt.key)
-                quality.check_alone([r for r in samples if "_reused" not in r], self.scfg, bench)
-                quality.drop_near_duplicates(samples, self.scfg.dedup_threshold)
-                for r in samples:
-                    r.pop("_reused", None)
-                self._write_samples(kind, samples, keep_folders=kind in self.scfg.kinds)
-                if kind not in self.scfg.kinds:
-                    continue
-                kept = [r for r in samples if not r.get("drop_reason")]
-                row = {"kind": kind, "generated": len(samples), "kept": len(kept)}
-                for r in samples:
-                    if r.get("drop_reason"):
-                        key = f"{kind}/{r['drop_reason']}"
-                        drops[key] = drops.get(key, 0) + 1
-                        row[f"dropped: {r['drop_reason']}"] = row.get(f"dropped: {r['drop_reason']}", 0) + 1
-                row["kept tokens"] = sum(int(r.get("completion_tokens", 0)) for r in kept)
-                rows.append(row)
-                counts[f"{kind}/generated"], counts[f"{kind}/kept"] = len(samples), len(kept)
-                metrics[f"{kind}/tokens"] = row["kept tokens"]
-                metrics[f"{kind}/chars"] = sum(len(r["text"]) for r in kept)
-            generated = sum(counts.get(f"{k}/generated", 0) for k in self.scfg.kinds)
-            kept_total = sum(counts.get(f"{k}/kept", 0) for k in self.scfg.kinds)
-            metrics["tokens"] = sum(metrics.get(f"{k}/tokens", 0) for k in self.scfg.kinds)
-            metrics["keep_rate"] = kept_total / max(generated, 1)
-            counts["corrupt_records"] = stats.n_corrupt
-            counts["filter_verdicts_reused"] = reused
+            stats, bench = ReadStats(), _Lazy(lambda: self._benchmarks(flt))
+            rows, counts, drops, metrics, reused = [], {}, {}, {}, 0
+            for kind in KINDS:
+                if kind in self.scfg.kinds or any((d / kind).is_dir() for d in (
+                        store, self.out, self.path(DROPPED))):
+                    samples, n = self._filter_kind(kind, flt.key, bench, stats)
+                    reused += n
+                    if kind in self.scfg.kinds:
+                        rows.append(kind_stats(kind, samples, counts, drops, metrics))
+            n_gen = sum(r["generated"] for r in rows)
+            metrics["tokens"] = sum(r["kept tokens"] for r in rows)
+            metrics["keep_rate"] = sum(r["kept"] for r in rows) / max(n_gen, 1)
+            counts.update(corrupt_records=stats.n_corrupt, filter_verdicts_reused=reused)
         self.record("filter", fingerprint=fp, counts=counts, drops=drops, metrics=metrics,
                     seconds=t["seconds"], outputs_digest=self._digest(*outputs), table=rows)
         return kinds_table(rows)
+
+    def _filter_kind(self, kind: str, filter_key: str, bench, stats: ReadStats) -> tuple[list, int]:
+        """(the samples of `kind` with their verdicts, verdicts reused), written to the kept and
+        dropped folders (removed where the kind is no longer asked for)."""
+        samples = [dict(sample_record(r), filter_fingerprint=filter_key)
+                   for r in read_generated(self.out, kind, stats)]
+        reused = self._reuse_verdicts(kind, samples, filter_key)
+        quality.check_alone([r for r in samples if "_reused" not in r], self.scfg, bench)
+        quality.drop_near_duplicates(samples, self.scfg.dedup_threshold)
+        for r in samples:
+            r.pop("_reused", None)
+        self._write_samples(kind, samples, keep_folders=kind in self.scfg.kinds)
+        return samples, reused
 
     def _sample_dirs(self) -> tuple[Path, ...]:
         return tuple(p for k in KINDS for p in (self.out / k, self.path(DROPPED) / k))
@@ -380,6 +372,23 @@ def prompts_table(specs: list[PromptSpec], n: int = 6):
             rows.append({"id": s.id, "topic": s.topic, "audience": s.audience, "style": s.style,
                          "function": s.function_name or "", "prompt": s.prompt[:160]})
     return pd.DataFrame(rows)
+
+
+def kind_stats(kind: str, samples: list[dict], counts: dict, drops: dict, metrics: dict) -> dict:
+    """The table row of a kind's filtered samples; adds its counts (`<kind>/generated`,
+    `<kind>/kept`), drops (`<kind>/<reason>`) and metrics (`<kind>/tokens`, `/chars`)."""
+    kept = [r for r in samples if not r.get("drop_reason")]
+    row = {"kind": kind, "generated": len(samples), "kept": len(kept)}
+    for r in samples:
+        if r.get("drop_reason"):
+            drops[f"{kind}/{r['drop_reason']}"] = drops.get(f"{kind}/{r['drop_reason']}", 0) + 1
+            col = f"dropped: {r['drop_reason']}"
+            row[col] = row.get(col, 0) + 1
+    row["kept tokens"] = sum(int(r.get("completion_tokens", 0)) for r in kept)
+    counts[f"{kind}/generated"], counts[f"{kind}/kept"] = len(samples), len(kept)
+    metrics[f"{kind}/tokens"] = row["kept tokens"]
+    metrics[f"{kind}/chars"] = sum(len(r["text"]) for r in kept)
+    return row
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
