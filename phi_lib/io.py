@@ -273,6 +273,7 @@ def write_manifest(stage_dir: PathLike, cfg, stage: str, *, metrics: Optional[di
     `metrics` is a flat dict of numbers (what sweeps compare), `counts` what was kept and
     dropped, `figures` paths (relative to `stage_dir`) of plots for the report.
     """
+    from phi_lib.config import section_value
     from phi_lib.stages import STAGES
 
     st = STAGES[stage]
@@ -285,7 +286,7 @@ def write_manifest(stage_dir: PathLike, cfg, stage: str, *, metrics: Optional[di
     manifest = {
         "stage": st.dirname,
         "config_hash": st.config_hash(cfg),
-        "config": {s: cfg.to_dict()[s] for s in st.sections},
+        "config": {s: section_value(cfg.to_dict(), s) for s in st.sections},
         "metrics": metrics,
         "counts": counts or {},
         "figures": list(figures),

@@ -16,7 +16,7 @@ class Stage:
     number: str
     name: str
     sections: tuple[str, ...]
-    """Config sections the stage's results depend on."""
+    """Config sections (or dotted keys of another stage's section) the stage's results depend on."""
     upstream: tuple[str, ...]
     """Stages whose outputs it reads."""
 
@@ -47,7 +47,7 @@ class Stage:
 STAGES: dict[str, Stage] = {s.number: s for s in (
     Stage("01", "synthesize", ("synth",), ()),
     Stage("02", "filter_web", ("filter",), ()),
-    Stage("03", "mix", ("mix",), ("01", "02")),
+    Stage("03", "mix", ("mix", "model.tokenizer"), ("01", "02")),  # packs with the model's tokenizer
     Stage("04", "model", ("model",), ()),
     Stage("05", "train", ("train",), ("03", "04")),
     Stage("06", "evaluate", ("evaluate",), ("05",)),

@@ -130,10 +130,10 @@ class ModelStage:
             cfg = shrink(cfg, vocab=cfg.vocab_size)
         torch.manual_seed(self.cfg.run.seed)
         model = PhiForCausalLM(cfg).eval()
-        tok = load_tokenizer(self.cfg.mix.tokenizer, data_dir=self.cfg.run.data_dir)
+        tok = load_tokenizer(self.mc.tokenizer, data_dir=self.cfg.run.data_dir)
         if len(tok) > cfg.vocab_size:
             raise ValueError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer "
-                             f"{self.cfg.mix.tokenizer!r} ({len(tok)} tokens)")
+                             f"{self.mc.tokenizer!r} ({len(tok)} tokens)")
         texts = generate_text(model, tok, self.mc.sample_prompts,
                               max_new_tokens=self.mc.sample_max_new_tokens, temperature=0.0)
         self.timings["samples_s"] = round(time.time() - t0, 2)
