@@ -576,6 +576,9 @@ class TrainConfig:
     """Sequences per optimizer step across all ranks (phi-1.5: 2048; phi-1: 1024)."""
     micro_batch_size: int = 8
     """Sequences per rank per forward; accumulation = global / (micro x world)."""
+    activation_checkpointing: bool = False
+    """Recompute each block in the backward pass instead of keeping its activations (long
+    contexts: the 128K phi-3 stage fits 80 GB only so)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 = off."""
     eval_every: int = 50
@@ -617,8 +620,9 @@ class TrainConfig:
     """Tokens of the run the planner projects (phi-1.5: 150B)."""
     plan_gpu: str = "A100"
     """GPU the planner projects on (`A100` or `H100`, 80GB)."""
-    paper_gpu_hours: float = 1500.0
-    """The paper's reported cost to compare against (phi-1.5: 1.5K A100-hours)."""
+    paper_gpu_hours: Optional[float] = 1500.0
+    """The paper's (or model card's) reported cost to compare against (phi-1.5: 1.5K
+    A100-hours); empty = none published."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """Optional finetune after pretraining (phi-1 CodeExercises)."""
 
@@ -653,6 +657,8 @@ class TrainConfig:
         if self.peak_tflops is not None:
             _positive("peak_tflops", self.peak_tflops)
         _positive("plan_tokens", self.plan_tokens)
+        if self.paper_gpu_hours is not None:
+            _positive("paper_gpu_hours", self.paper_gpu_hours)
         _one_of("plan_gpu", self.plan_gpu, ("A100", "H100"))
         for n in self.plan_gpus:
             _positive("plan_gpus", n)
