@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from phi_lib.model import PhiConfig, PhiForCausalLM
-from phi_lib.model.parity import kv_cache_max_abs_diff, shrink, to_transformers
+from phi_lib.model.parity import kv_cache_max_abs_diff, parity_check, shrink, to_transformers
 from phi_lib.model.planning import param_count
 from phi_lib.model.rotary import RotaryEmbedding, longrope_attention_factor
 from phi_lib.paths import data_path
@@ -19,12 +19,8 @@ ORIGINAL = 16  # the shrunken original context: LongRoPE switches past 16 positi
 
 
 def small(preset: str, heads: int = 2, **kw) -> PhiConfig:
-    cfg = shrink(PhiConfig.from_preset(preset), heads=heads, vocab=512)
-    if cfg.rope_type == "longrope":  # the same context ratio (32x) over a short original context
-        ratio = cfg.max_position_embeddings // cfg.original_max_position_embeddings
-        cfg = cfg.replace(original_max_position_embeddings=ORIGINAL,
-                          max_position_embeddings=ORIGINAL * ratio, sliding_window=None)
-    return cfg.replace(**kw)
+    # LongRoPE keeps its factors and its 32x context ratio over an original context of 16
+    return shrink(PhiConfig.from_preset(preset), heads=heads, vocab=512, original_context=ORIGINAL).replace(**kw)
 
 
 CASES = {
@@ -54,9 +50,19 @@ def batch(cfg, t, pad=(0, 5, 9), seed=1):
     return ids, mask
 
 
-def test_medium_keeps_its_grouped_query_ratio():
+def test_shrunk_configs_keep_what_is_tested():
     cfg = CASES["phi-3-medium GQA 4:1"]
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (4, 1, 128)
+    long = CASES["phi-3-mini-128k"]
+    assert (long.original_max_position_embeddings, long.max_position_embeddings) == (ORIGINAL, 32 * ORIGINAL)
+    assert long.rope_long_factor == PhiConfig.from_preset("phi-3-mini-128k").rope_long_factor
+
+
+@pytest.mark.parametrize("preset", ["phi-3-mini-128k", "phi-3-medium"])
+def test_parity_check_library_function(preset):
+    report = parity_check(PhiConfig.from_preset(preset))  # what stage 04 reports
+    assert report["shrunk"] and report["max_abs_diff"] < TOL and report["kv_cache_max_abs_diff"] < TOL
+    assert ("longrope_short_max_abs_diff" in report) == (preset == "phi-3-mini-128k")
 
 
 @pytest.mark.parametrize("t", [ORIGINAL, ORIGINAL + 1, 3 * ORIGINAL])

@@ -62,19 +62,22 @@ class RotaryEmbedding(nn.Module):
             self.original_max = config.original_max_position_embeddings
             self.scale = longrope_attention_factor(config)
         else:
-            self.short = inverse_frequencies(config)
+            self.short = self.long = inverse_frequencies(config)
             self.scale = 1.0
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def inv_freq(self, position_ids: torch.Tensor) -> torch.Tensor:
         """The frequencies of this call: LongRoPE's long set once max(position) + 1 > original_max.
 
         `torch.where` on a device scalar: no host synchronization on GPU.
         """
-        short = self.short.to(position_ids.device)
+        device = position_ids.device
+        if device not in self._on_device:  # copied once per device, not every step
+            self._on_device[device] = (self.short.to(device), self.long.to(device))
+        short, long = self._on_device[device]
         if not self.longrope:
             return short
-        beyond = position_ids.max() + 1 > self.original_max
-        return torch.where(beyond, self.long.to(position_ids.device), short)
+        return torch.where(position_ids.max() + 1 > self.original_max, long, short)
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each (B or 1, T, rotary_dim), for positions (B or 1, T)."""
