@@ -188,3 +188,22 @@ def test_vision_config_rope_su_reads_as_longrope():
     cfg = PhiConfig.from_hf_dict(hf)
     assert cfg.rope_type == "longrope" and cfg.original_max_position_embeddings == 4096
     assert len(cfg.rope_long_factor) == 48 and cfg.rope_long_factor[0] == hf["rope_scaling"]["long_factor"][0]
+
+
+def test_model_stage_on_the_128k_preset(tmp_path):
+    # stage 04 on phi-3-mini-128k: sizes on meta, parity across the switch, samples decoded
+    # with the preset's tokenizer (phi-3-mini, not codegen)
+    from phi_lib.config import load
+    from phi_lib.model.stage import ModelStage
+
+    cfg = load({"model": {"preset": "phi-3-mini-128k", "gpus": 8, "sample_max_new_tokens": 4}})
+    assert cfg.model.tokenizer == "phi-3-mini"
+    stage = ModelStage(cfg, tmp_path)
+    assert stage.param_table().data.loc["total", "parameters"] == 3_821_079_552
+    summary = stage.summary()["value"]
+    assert summary["rotary"] == "longrope (from 4096)" and summary["tokenizer"] == "phi-3-mini"
+    report = stage.parity()
+    assert report["max_abs_diff"] < TOL and report["longrope_short_max_abs_diff"] < TOL
+    assert len(stage.samples()) == 2
+    hf = json.loads((stage.write_config()).read_text())
+    assert hf["rope_scaling"]["type"] == "longrope" and hf["original_max_position_embeddings"] == 4096

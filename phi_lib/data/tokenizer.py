@@ -147,8 +147,12 @@ class TiktokenTokenizer(PhiTokenizer):
     """phi-3-small: a `tiktoken.Encoding` (cl100k_base + Phi-3-small's special tokens)."""
 
     def __init__(self, bpe_file: Path, name: str = "phi-3-small"):
-        import tiktoken
-        from tiktoken.load import load_tiktoken_bpe
+        try:
+            import tiktoken
+            from tiktoken.load import load_tiktoken_bpe
+        except ImportError as e:
+            raise ImportError(f"the {name} tokenizer ({bpe_file}) needs the tiktoken package: "
+                              "pip install -c .ci/constraints.txt tiktoken") from e
 
         self.bpe_file = Path(bpe_file)
         self.special_tokens = phi3_small_special_tokens()
