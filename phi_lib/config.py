@@ -391,8 +391,6 @@ class MixConfig:
     """Token budget of the mixture (phi-1.5: 150B, ~5 epochs of ~30B)."""
     seq_len: int = 2048
     """Packed window length in tokens (2048 in the papers)."""
-    tokenizer: str = "codegen-350M-mono"
-    """Tokenizer: a folder under `tokenizers/` of the data folder, a path, or a hub name."""
     val_fraction: float = 0.01
     """Share of documents (never windows) held out for validation."""
     max_epochs_warning: float = operational(10.0)
@@ -402,7 +400,8 @@ class MixConfig:
     batch_docs: int = operational(512)
     """Documents per tokenizer batch (one task of a worker)."""
     shard_tokens: int = operational(268_435_456)
-    """Tokens per packed `.bin` shard (512 MiB of uint16), rounded down to whole windows."""
+    """Tokens per packed `.bin` shard (512 MiB of uint16, 1 GiB of uint32 for vocabularies past
+    65,536 ids), rounded down to whole windows. The tokenizer is `model.tokenizer`'s."""
     phases: list[PhaseConfig] = field(default_factory=list)
     """Optional phase schedule (phi-3); empty = one phase with the source weights."""
     finetune: MixFinetuneConfig = field(default_factory=MixFinetuneConfig)
@@ -444,7 +443,15 @@ class ModelConfig:
     """Stage 04: the phi architecture (field names follow `transformers.PhiConfig`)."""
 
     preset: str = "phi-tiny"
-    """`phi-tiny` (smoke), `phi-1-small`, `phi-1`, `phi-1.5`, `phi-2` or `phi-3-mini`."""
+    """Architecture: a key of `phi_lib.model.config.PRESETS`: `phi-tiny`, `phi3-tiny` (smoke),
+    `phi-1-small`, `phi-1`, `phi-1.5`, `phi-2`, `phi-3-mini` (4K), `phi-3-mini-128k`,
+    `phi-3.5-mini`, `phi-3-medium` (4K), `phi-3-medium-128k`."""
+    tokenizer: Optional[str] = None
+    """Tokenizer the model is trained and evaluated with: a folder under `tokenizers/` of the
+    data folder (`codegen-350M-mono`, `phi-3-mini`, `phi-3-small`), a path or a hub name;
+    empty = the preset's (`phi_lib.model.config.TOKENIZERS`), filled in at load. Stage 03
+    tokenizes with it, 04 samples with it, 05 checks the packed data was made with it and
+    saves it in each checkpoint, 06/07 score a checkpoint with it."""
     hidden_size: Optional[int] = None
     """Override the preset's hidden size."""
     num_hidden_layers: Optional[int] = None
@@ -485,8 +492,11 @@ class ModelConfig:
     """New tokens per sample in notebook 04."""
 
     def check(self) -> None:
-        _one_of("preset", self.preset,
-                ("phi-tiny", "phi-1-small", "phi-1", "phi-1.5", "phi-2", "phi-3-mini"))
+        from phi_lib.model.config import PRESETS
+
+        _one_of("preset", self.preset, tuple(PRESETS))
+        if self.tokenizer is not None and not self.tokenizer.strip():
+            _fail("tokenizer", "is empty: name a tokenizer, or leave it unset (null) for the preset's")
         _one_of("attn_implementation", self.attn_implementation,
                 ("auto", "flash_attention_2", "sdpa", "eager"))
         for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -504,8 +514,8 @@ class ModelConfig:
 
     def overrides(self) -> dict[str, Any]:
         """The architecture fields set in the params, to apply over the preset."""
-        skip = {"preset", "attn_implementation", "gpus", "plan_micro_batch_size", "plan_seq_len",
-                "sample_prompts", "sample_max_new_tokens"}
+        skip = {"preset", "tokenizer", "attn_implementation", "gpus", "plan_micro_batch_size",
+                "plan_seq_len", "sample_prompts", "sample_max_new_tokens"}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name not in skip and getattr(self, f.name) is not None}
 
@@ -577,6 +587,9 @@ class TrainConfig:
     """Sequences per optimizer step across all ranks (phi-1.5: 2048; phi-1: 1024)."""
     micro_batch_size: int = 8
     """Sequences per rank per forward; accumulation = global / (micro x world)."""
+    activation_checkpointing: bool = False
+    """Recompute each block in the backward pass instead of keeping its activations (long
+    contexts: the 128K phi-3 stage fits 80 GB only so)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 = off."""
     eval_every: int = 50
@@ -618,8 +631,9 @@ class TrainConfig:
     """Tokens of the run the planner projects (phi-1.5: 150B)."""
     plan_gpu: str = operational("A100")
     """GPU the planner projects on (`A100` or `H100`, 80GB)."""
-    paper_gpu_hours: float = operational(1500.0)
-    """The paper's reported cost to compare against (phi-1.5: 1.5K A100-hours)."""
+    paper_gpu_hours: Optional[float] = operational(1500.0)
+    """The paper's (or model card's) reported cost to compare against (phi-1.5: 1.5K
+    A100-hours); empty = none published."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """Optional finetune after pretraining (phi-1 CodeExercises)."""
 
@@ -654,6 +668,8 @@ class TrainConfig:
         if self.peak_tflops is not None:
             _positive("peak_tflops", self.peak_tflops)
         _positive("plan_tokens", self.plan_tokens)
+        if self.paper_gpu_hours is not None:
+            _positive("paper_gpu_hours", self.paper_gpu_hours)
         _one_of("plan_gpu", self.plan_gpu, ("A100", "H100"))
         for n in self.plan_gpus:
             _positive("plan_gpus", n)
@@ -833,15 +849,22 @@ class Config:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
-        """Stable hash of the result-affecting fields of the named sections (operational
-        fields, marked with `operational()`, are left out: see phi_lib.provenance)."""
+        """Stable hash of the result-affecting fields of the named sections, or dotted keys of
+        one (`model.tokenizer`); operational fields, marked with `operational()`, are left out
+        (see phi_lib.provenance)."""
         from phi_lib.provenance import digest
 
         return digest(self.results_view(*sections))
 
     def results_view(self, *sections: str) -> dict[str, Any]:
-        """`{section: its result-affecting fields}`: what a fingerprint's config holds."""
-        return {s: results_view(getattr(self, s)) for s in sections}
+        """`{section or dotted key: its result-affecting fields}`: what a fingerprint's config holds."""
+        out = {}
+        for key in sections:
+            obj = self
+            for part in key.split("."):
+                obj = getattr(obj, part)
+            out[key] = results_view(obj)
+        return out
 
     def hash(self) -> str:
         """Stable hash of everything that changes results (not names or folders)."""
@@ -855,6 +878,13 @@ class Config:
         if not root.is_absolute():
             root = project_root() / root
         return root / self.run.name
+
+
+def section_value(d: dict, key: str) -> Any:
+    """A section of `Config.to_dict()`, or a dotted key inside one (`model.tokenizer`)."""
+    for part in key.split("."):
+        d = d[part]
+    return d
 
 
 # ----------------------------------------------------------------------------- loading
@@ -887,6 +917,14 @@ def _resolve(cfg: Config) -> None:
     ft = cfg.mix.finetune
     if ft.source is not None and ft.total_tokens is None and cfg.finetune_tokens() > 0:
         ft.total_tokens = cfg.finetune_tokens()  # not > 0: train.finetune's check names the key
+    if cfg.model.tokenizer is None:  # the preset's (an unknown preset: model.preset's check names it)
+        from phi_lib.model.config import PRESETS, TOKENIZERS
+
+        if cfg.model.preset in PRESETS:
+            if cfg.model.preset not in TOKENIZERS:
+                _fail("model.tokenizer", f"preset {cfg.model.preset!r} has no default tokenizer: "
+                      "set model.tokenizer")
+            cfg.model.tokenizer = TOKENIZERS[cfg.model.preset]
 
 
 def parse_set(items: list[str]) -> dict[str, str]:
@@ -1070,7 +1108,7 @@ def _unknown(name: str, known, what: str) -> str:
     return f"unknown {what} {name!r}{hint} (known: {', '.join(map(str, known))})"
 
 
-MOVED_KEYS = {"train.finetune.source": "mix.finetune.source"}
+MOVED_KEYS = {"train.finetune.source": "mix.finetune.source", "mix.tokenizer": "model.tokenizer"}
 """Keys that moved to another section, so an old params file is told where they went."""
 
 

@@ -134,11 +134,13 @@ def pick_dtype(dtype: str, device: str):
 
 
 def load_causal_lm(name: str, *, device: str = "auto", dtype: str = "auto",
-                   run_dir: Optional[Union[str, Path]] = None, data_dir: Optional[str] = None):
+                   run_dir: Optional[Union[str, Path]] = None, data_dir: Optional[str] = None,
+                   tokenizer: Optional[str] = None):
     """(model, tokenizer) for any workbook model name, in eval mode on `device`.
 
-    A checkpoint without tokenizer files (ours) gets the codegen tokenizer of the data
-    folder, as the phi models use it.
+    A checkpoint folder carries its tokenizer (stage 05 saves `model.tokenizer` into each);
+    one without tokenizer files gets the workbook tokenizer `tokenizer` (the stage passes
+    `model.tokenizer`; default codegen-350M-mono, the phi-1/1.5/2 one).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -146,14 +148,13 @@ def load_causal_lm(name: str, *, device: str = "auto", dtype: str = "auto",
     device = pick_device(device)
     model = AutoModelForCausalLM.from_pretrained(target, dtype=pick_dtype(dtype, device))
     model.to(device).eval()
-    tok_src = target
     if Path(target).is_dir() and not any(
             (Path(target) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        from phi_lib.paths import resolve
+        from phi_lib.data.tokenizer import DEFAULT_TOKENIZER, load_tokenizer
 
-        tok_src = str(resolve("tokenizers/codegen-350M-mono", hub="Salesforce/codegen-350M-mono",
-                              hub_loader=lambda h: h, configured=data_dir))
-    tok = AutoTokenizer.from_pretrained(tok_src)
+        tok = load_tokenizer(tokenizer or DEFAULT_TOKENIZER, data_dir=data_dir).to_transformers()
+    else:
+        tok = AutoTokenizer.from_pretrained(target)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok

@@ -327,6 +327,7 @@ def write_manifest(stage_dir: PathLike, cfg, stage: str, *, metrics: Optional[di
     recorded, and the runner reruns the stage when one changes. The `fingerprint` is what
     produced the numbers (phi_lib.provenance).
     """
+    from phi_lib.config import section_value
     from phi_lib.provenance import path_digest
     from phi_lib.stages import STAGES
 
@@ -341,7 +342,7 @@ def write_manifest(stage_dir: PathLike, cfg, stage: str, *, metrics: Optional[di
     manifest = {
         "stage": st.dirname,
         "config_hash": fp.key,
-        "config": {s: cfg.to_dict()[s] for s in st.sections},
+        "config": {s: section_value(cfg.to_dict(), s) for s in st.sections},
         "fingerprint": fp.to_dict(),
         "inputs": {name: {"path": str(p), "digest": path_digest(p)}
                    for name, p in (inputs or {}).items()},

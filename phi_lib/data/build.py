@@ -3,12 +3,13 @@
     mix = MixBuilder(cfg, out)
     mix.tokenize()       # per-source token caches (multi-process, resumable) -> sources table
     mix.plan()           # tokens and epochs per source for the budget (+ warnings)
-    mix.pack()           # train/val windows as uint16 shards + index + mix.json
+    mix.pack()           # train/val windows as shards (uint16/uint32) + index + mix.json
                          # (+ the finetune set `mix.finetune` into finetune/, same format)
     mix.write_manifest() # the stage contract read by the report
 
 Deterministic by `run.seed`: the validation split, each source's epoch permutations and
-the interleaving of sources all derive from it.
+the interleaving of sources all derive from it. The tokenizer is the model's
+(`model.tokenizer`, the preset's by default): a phi-3 run packs phi-3 ids.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from phi_lib.data.pack import train_order, val_order, write_split
 from phi_lib.data.sources import Source, resolve_source
 from phi_lib.data.tokenize import TokenizedSource, tokenize_source
 from phi_lib.io import atomic_write_json, write_manifest
-from phi_lib.packed import FINETUNE_DIR, MIX_FILE, TOKEN_DTYPE
+from phi_lib.packed import FINETUNE_DIR, MIX_FILE, token_dtype
 
 
 class MixBuilder:
@@ -41,6 +42,8 @@ class MixBuilder:
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.out / "tokenized"
         self.mc = cfg.mix
+        self.tokenizer: str = cfg.model.tokenizer
+        """The tokenizer name (`model.tokenizer`, resolved at load)."""
         self.finetune: Optional[MixBuilder] = None
         """The finetune set (`mix.finetune`), packed into `out/finetune/` by `pack()`."""
         if self.mc.finetune.source is not None:
@@ -78,7 +81,7 @@ class MixBuilder:
         t0 = time.time()
         for name, src in self.sources.items():
             self.tokenized[name] = tokenize_source(
-                src, self.cache_dir / name, self.mc.tokenizer, data_dir=self.cfg.run.data_dir,
+                src, self.cache_dir / name, self.tokenizer, data_dir=self.cfg.run.data_dir,
                 num_proc=self.mc.num_proc, batch_docs=self.mc.batch_docs, progress=self.progress)
             ts = self.tokenized[name]
             self.val_mask[name] = ts.is_val(self.cfg.run.seed, self.mc.val_fraction)
@@ -124,17 +127,16 @@ class MixBuilder:
             self.plan()
         t0 = time.time()
         (self.out / MIX_FILE).unlink(missing_ok=True)  # readers never see a half-rewritten mix
-        tok = load_tokenizer(self.mc.tokenizer, data_dir=self.cfg.run.data_dir)
+        tok = load_tokenizer(self.tokenizer, data_dir=self.cfg.run.data_dir)
         seed = self.cfg.run.seed
+        layout = dict(seq_len=self.mc.seq_len, shard_tokens=self.mc.shard_tokens, eos_id=tok.eos_id,
+                      vocab_size=len(tok), progress=self.progress)
         splits = {"train": write_split(self.out / "train", train_order(
-            self.mixture, self.tokenized, self.train_mask, seed), self.tokenized, seq_len=self.mc.seq_len,
-            shard_tokens=self.mc.shard_tokens, eos_id=tok.eos_id, max_tokens=self.mc.total_tokens,
-            progress=self.progress)}
+            self.mixture, self.tokenized, self.train_mask, seed), self.tokenized,
+            max_tokens=self.mc.total_tokens, **layout)}
         if self.mc.val_fraction > 0:
             splits["val"] = write_split(self.out / "val", val_order(list(self.tokenized), self.val_mask, seed),
-                                        self.tokenized, seq_len=self.mc.seq_len,
-                                        shard_tokens=self.mc.shard_tokens, eos_id=tok.eos_id,
-                                        progress=self.progress)
+                                        self.tokenized, **layout)
             if splits["val"].n_windows == 0:
                 import warnings
 
@@ -144,7 +146,7 @@ class MixBuilder:
         self.timings["pack_s"] = round(time.time() - t0, 2)
         table = self.sources_table()
         self.mix_info = {
-            "seq_len": self.mc.seq_len, "dtype": np.dtype(TOKEN_DTYPE).name, "tokenizer": self.mc.tokenizer,
+            "seq_len": self.mc.seq_len, "dtype": token_dtype(len(tok)).name, "tokenizer": self.tokenizer,
             "eos_id": tok.eos_id, "vocab_size": len(tok), "seed": seed,
             "val_fraction": self.mc.val_fraction,
             "splits": {k: {"n_windows": v.n_windows, "n_tokens": v.n_tokens, "n_docs": v.n_docs,
@@ -196,7 +198,7 @@ class MixBuilder:
         from phi_lib.data.tokenizer import load_tokenizer
         from phi_lib.packed import PackedDataset
 
-        tok = load_tokenizer(self.mc.tokenizer, data_dir=self.cfg.run.data_dir)
+        tok = load_tokenizer(self.tokenizer, data_dir=self.cfg.run.data_dir)
         ds = PackedDataset(self.out, split)
         rows = [{"window": i, "doc_starts": ds.doc_starts(i).tolist(),
                  "text": tok.decode(ds[i].tolist())[:chars]} for i in range(min(n, len(ds)))]

@@ -4,8 +4,9 @@ Document order: each source is walked epoch by epoch (a fresh seeded permutation
 training documents per epoch) until it has given its share of a phase; the documents of a
 phase are then shuffled together, and phases follow each other. Every document is followed
 by EOS, the stream is cut into windows of exactly `seq_len` tokens (a document may continue
-into the next window; the incomplete tail is dropped) and written as uint16 shards in the
-layout of `phi_lib.packed` (shards, `doc_starts.npy`, then `index.json` last).
+into the next window; the incomplete tail is dropped) and written as shards in the layout of
+`phi_lib.packed` (shards, `doc_starts.npy`, then `index.json` last), uint16 or uint32 as the
+vocabulary needs (`phi_lib.packed.token_dtype`).
 
 Validation holds the held-out documents of every source once (split by document, never by
 window). Shards are written atomically and recorded in `<split>/progress.json` with the
@@ -24,7 +25,7 @@ import numpy as np
 from phi_lib.data.mixture import MixturePlan
 from phi_lib.data.tokenize import TokenizedSource
 from phi_lib.io import atomic_open, atomic_write_json, read_json
-from phi_lib.packed import DOC_STARTS_FILE, INDEX_FILE, TOKEN_DTYPE, shard_name
+from phi_lib.packed import DOC_STARTS_FILE, INDEX_FILE, shard_name, token_dtype
 
 GATHER_TOKENS = 1 << 22  # tokens gathered per step while writing a shard (bounds memory)
 
@@ -134,12 +135,16 @@ class SplitInfo:
 
 
 def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSource], *,
-                seq_len: int, shard_tokens: int, eos_id: int, max_tokens: Optional[int] = None,
-                progress: bool = True) -> SplitInfo:
+                seq_len: int, shard_tokens: int, eos_id: int, vocab_size: int,
+                max_tokens: Optional[int] = None, progress: bool = True) -> SplitInfo:
     """Pack `order` into `folder` (resuming a previous partial write of the same order).
 
+    `vocab_size` (the tokenizer's ids) picks the token dtype recorded in `index.json`.
     `max_tokens` caps the stream (the token budget): whole documents overshoot it slightly.
     """
+    dtype = token_dtype(vocab_size)
+    if eos_id >= vocab_size:
+        raise ValueError(f"eos_id {eos_id} is not below vocab_size {vocab_size}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lengths = order.lengths(tokenized)
@@ -170,7 +175,7 @@ def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSou
         w0, w1 = k * per_shard, min(n_windows, (k + 1) * per_shard)
         path = folder / shard_name(k)
         shards.append(path.name)
-        expected = (w1 - w0) * seq_len * np.dtype(TOKEN_DTYPE).itemsize
+        expected = (w1 - w0) * seq_len * dtype.itemsize
         if path.name in done and path.is_file() and path.stat().st_size == expected:
             if bar is not None:
                 bar.update((w1 - w0) * seq_len)
@@ -178,7 +183,7 @@ def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSou
         with atomic_open(path, "wb") as f:
             for a in range(w0 * seq_len, w1 * seq_len, GATHER_TOKENS):
                 b = min(w1 * seq_len, a + GATHER_TOKENS)
-                gather(order, tokenized, starts, a, b, eos_id).tofile(f)
+                gather(order, tokenized, starts, a, b, eos_id, dtype).tofile(f)
                 if bar is not None:
                     bar.update(b - a)
         done.add(path.name)
@@ -202,7 +207,8 @@ def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSou
     info = SplitInfo(folder.name, n_windows, n_tokens, len(doc_starts), stream - n_tokens, shards,
                      phases, tokens_by_source)
     atomic_write_json(folder / INDEX_FILE, {
-        "split": info.split, "seq_len": seq_len, "dtype": np.dtype(TOKEN_DTYPE).name, "eos_id": eos_id,
+        "split": info.split, "seq_len": seq_len, "dtype": dtype.name, "vocab_size": vocab_size,
+        "eos_id": eos_id,
         "n_windows": n_windows, "n_tokens": n_tokens, "n_docs": info.n_docs,
         "windows_per_shard": per_shard, "shards": shards, "phases": phases,
         "dropped_tail_tokens": info.dropped_tail_tokens, "tokens_by_source": tokens_by_source,
@@ -211,7 +217,7 @@ def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSou
 
 
 def gather(order: DocOrder, tokenized: dict[str, TokenizedSource], starts: np.ndarray,
-           a: int, b: int, eos_id: int) -> np.ndarray:
+           a: int, b: int, eos_id: int, dtype: np.dtype) -> np.ndarray:
     """Stream tokens [a, b): the documents covering the range, each followed by EOS.
 
     Vectorized per source: one fancy-index read of the source's memory-mapped tokens.
@@ -219,7 +225,7 @@ def gather(order: DocOrder, tokenized: dict[str, TokenizedSource], starts: np.nd
     i0 = int(np.searchsorted(starts, a, side="right")) - 1
     i1 = int(np.searchsorted(starts, b, side="left"))  # documents starting before b
     base = int(starts[i0])
-    out = np.empty(int(starts[i1]) - base, dtype=TOKEN_DTYPE)
+    out = np.empty(int(starts[i1]) - base, dtype=dtype)
     src, doc = order.source[i0:i1], order.doc[i0:i1]
     out_start = starts[i0:i1] - base
     for s, name in enumerate(order.names):
@@ -237,7 +243,8 @@ def gather(order: DocOrder, tokenized: dict[str, TokenizedSource], starts: np.nd
 
 def _fingerprint(order: DocOrder, tokenized: dict[str, TokenizedSource], seq_len: int,
                  per_shard: int, eos_id: int, n_windows: int) -> str:
-    """Changes with the document order, the tokenized data and the layout."""
+    """Changes with the document order, the tokenized data and the layout (the token dtype
+    follows the tokenizer, which the caches' fingerprints hold)."""
     caches = [[tokenized[n].state.get("fingerprint"), tokenized[n].state.get("tokens")]
               for n in order.names]
     h = hashlib.sha256()

@@ -1,9 +1,10 @@
 """Tokenize a source once into an append-only cache: batched, multi-process, resumable.
 
 Per source, `<03_mix>/tokenized/<name>/` holds
-  tokens.bin   uint16 token ids of every document, back to back (no EOS: packing adds it)
+  tokens.bin   token ids of every document, back to back (no EOS: packing adds it), in the
+               dtype the tokenizer's vocabulary needs (uint16, or uint32 past 65,536 ids)
   docs.bin     one (n_tokens int64, text_hash uint64) record per document
-  state.json   what is committed: documents, tokens, records consumed, read stats
+  state.json   what is committed: documents, tokens, records consumed, read stats, dtype
 Both .bin files only grow; `state.json` (written atomically after each fsync) says how much
 of them is valid. A killed run truncates them back to the committed length and skips the
 records already consumed, so nothing is tokenized twice or lost. The cache does not depend
@@ -27,7 +28,7 @@ import numpy as np
 
 from phi_lib.data.sources import Source
 from phi_lib.io import ReadStats, atomic_write_json, read_json
-from phi_lib.packed import TOKEN_DTYPE  # the cache holds the ids the packed shards hold
+from phi_lib.packed import token_dtype  # the cache holds the ids the packed shards hold
 
 CACHE_VERSION = 1
 DOC_DTYPE = np.dtype([("n_tokens", "<i8"), ("hash", "<u8")])
@@ -41,7 +42,7 @@ class TokenizedSource:
     name: str
     folder: Path
     tokens: np.ndarray
-    """All token ids, documents back to back (uint16, memory-mapped)."""
+    """All token ids, documents back to back (uint16 or uint32, memory-mapped)."""
     lengths: np.ndarray
     """Tokens per document (int64)."""
     hashes: np.ndarray
@@ -74,8 +75,9 @@ class TokenizedSource:
         state = read_json(folder / "state.json")
         n_docs, n_tokens = state["docs"], state["tokens"]
         docs = np.fromfile(folder / "docs.bin", dtype=DOC_DTYPE, count=n_docs)
-        tokens = (np.memmap(folder / "tokens.bin", dtype=TOKEN_DTYPE, mode="r", shape=(n_tokens,))
-                  if n_tokens else np.zeros(0, dtype=TOKEN_DTYPE))
+        dtype = np.dtype(state.get("dtype", "uint16"))  # caches before uint32 were all uint16
+        tokens = (np.memmap(folder / "tokens.bin", dtype=dtype, mode="r", shape=(n_tokens,))
+                  if n_tokens else np.zeros(0, dtype=dtype))
         return cls(name, folder, tokens, docs["n_tokens"].copy(), docs["hash"].copy(), state)
 
 
@@ -86,13 +88,16 @@ def tokenize_source(source: Source, folder: Path, tokenizer: str, *, data_dir: O
 
     `max_records` stops early (committing what was done) - used to test resumption.
     """
+    from phi_lib.data.tokenizer import load_tokenizer
+
     folder = Path(folder)
     fingerprint = {"version": CACHE_VERSION, "source": source.fingerprint(), "tokenizer": tokenizer}
     state = _load_state(folder, fingerprint)
     if state.get("done"):
         return TokenizedSource.open(source.name, folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _truncate(folder / "tokens.bin", state["tokens"] * TOKEN_DTYPE().itemsize)
+    state["dtype"] = token_dtype(len(load_tokenizer(tokenizer, data_dir=data_dir))).name
+    _truncate(folder / "tokens.bin", state["tokens"] * np.dtype(state["dtype"]).itemsize)
     _truncate(folder / "docs.bin", state["docs"] * DOC_DTYPE.itemsize)
 
     reader = _Reader(source, skip=state["records"], max_records=max_records)
@@ -194,23 +199,23 @@ def _encode_stream(texts, tokenizer: str, data_dir: Optional[str], num_proc: int
 
 
 _TOKENIZER = None
+_DTYPE = None
 
 
 def _init_worker(tokenizer: str, data_dir: Optional[str]) -> None:
-    global _TOKENIZER
+    global _TOKENIZER, _DTYPE
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from phi_lib.data.tokenizer import load_tokenizer
 
     _TOKENIZER = load_tokenizer(tokenizer, data_dir=data_dir)
-    if len(_TOKENIZER) > np.iinfo(TOKEN_DTYPE).max + 1:
-        raise ValueError(f"tokenizer {tokenizer!r} has {len(_TOKENIZER)} tokens: too many for uint16")
+    _DTYPE = token_dtype(len(_TOKENIZER))
 
 
 def encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Token ids (flat uint16), lengths and text hashes of a batch, in the worker."""
+    """Token ids (flat, the vocabulary's dtype), lengths and text hashes of a batch, in the worker."""
     ids = _TOKENIZER.encode_batch(texts) if texts else []
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=TOKEN_DTYPE, count=int(lengths.sum()))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=_DTYPE, count=int(lengths.sum()))
     hashes = np.fromiter((text_hash(t) for t in texts), dtype=np.uint64, count=len(texts))
     return flat, lengths, hashes
 

@@ -54,10 +54,12 @@ def evaluate_model(model: str, tasks: Sequence[str], out_dir: Union[str, Path], 
                    cfg: Optional[EvaluateConfig] = None, limit: Optional[int] = None,
                    run_dir: Optional[Union[str, Path]] = None, data_dir: Optional[str] = None,
                    loaded=None, progress: bool = True, skip_missing: bool = True,
-                   force: bool = False) -> dict:
+                   force: bool = False, tokenizer: Optional[str] = None) -> dict:
     """Evaluate `model` (any workbook model name) on `tasks`; write and return results.
 
     `cfg` gives the settings (defaults: the paper's); `limit` overrides `cfg.limit`.
+    `tokenizer`: the workbook tokenizer of a checkpoint folder without tokenizer files
+    (`model.tokenizer`; stage 05's checkpoints carry theirs).
     `loaded` = an already loaded (model, tokenizer). A task whose data is not available
     (e.g. SQuAD offline) is recorded under `skipped` with the reason when `skip_missing`.
     """
@@ -71,7 +73,7 @@ def evaluate_model(model: str, tasks: Sequence[str], out_dir: Union[str, Path], 
     settings = settings_of(cfg)
     if any(runs_programs(t, cfg.gsm8k_mode) for t in cfg.tasks):  # fail before loading the model
         sandbox.require(cfg.sandbox_isolation, SANDBOX_KEY)
-    lm, tok = loaded or _load(model, cfg, run_dir, data_dir)
+    lm, tok = loaded or _load(model, cfg, run_dir, data_dir, tokenizer)
     results, timings, counts, skipped, corrupt = {}, {}, {}, {}, {}
     for task in cfg.tasks:
         fp = fingerprint(model, task, settings)
@@ -128,11 +130,11 @@ def run_task(lm, tok, task: str, docs: list[dict], cfg: EvaluateConfig,
                                sandbox_isolation=cfg.sandbox_isolation, progress=progress)
 
 
-def _load(model: str, cfg: EvaluateConfig, run_dir, data_dir):
+def _load(model: str, cfg: EvaluateConfig, run_dir, data_dir, tokenizer=None):
     from phi_lib.hf_models import load_causal_lm
 
     return load_causal_lm(model, device=cfg.device, dtype=cfg.dtype, run_dir=run_dir,
-                          data_dir=data_dir)
+                          data_dir=data_dir, tokenizer=tokenizer)
 
 
 def headline(results: dict) -> dict[str, float]:

@@ -16,7 +16,8 @@ def run_stage(cfg, out: Path, progress: bool = True) -> dict[str, dict]:
     """Evaluate `cfg.evaluate.model` into `out/` (results.json, samples/) and each reference
     model into `out/reference/<name>/`; returns display name -> results."""
     ev = cfg.evaluate
-    kw = dict(cfg=ev, run_dir=cfg.run_dir, data_dir=cfg.run.data_dir, progress=progress)
+    kw = dict(cfg=ev, run_dir=cfg.run_dir, data_dir=cfg.run.data_dir, progress=progress,
+              tokenizer=cfg.model.tokenizer)
     runs = {ev.model: evaluate_model(ev.model, ev.tasks, out, **kw)}
     for ref in ev.reference_models:
         if ref != ev.model:

@@ -1,4 +1,5 @@
-"""Attention kernels and masks: flash-attn 2, PyTorch SDPA, and an fp32 reference.
+"""Attention kernels and masks (flash-attn 2, PyTorch SDPA, an fp32 reference), and the
+attention step every block shares (rotary, KV cache, kernel).
 
 All take q (B, H, Tq, D), k/v (B, Hkv, Tk, D) and return (B, H, Tq, D). A mask is boolean
 (B, 1, Tq, Tk), True = may attend; `None` means plain causal (bottom-right aligned when
@@ -16,6 +17,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from phi_lib.model.rotary import apply_rotary
 
 
 @functools.lru_cache(maxsize=1)
@@ -171,3 +174,26 @@ def cu_seqlens_from_document_ids(document_ids: torch.Tensor) -> tuple[torch.Tens
     starts = new_doc.flatten().nonzero().flatten()
     cu = torch.cat([starts, torch.tensor([b * t], device=starts.device)]).to(torch.int32)
     return cu, int((cu[1:] - cu[:-1]).max())
+
+
+# ----------------------------------------------------------------------------- one layer's attention
+class AttentionContext:
+    """What every layer's attention needs for one forward call (built once by the model)."""
+
+    def __init__(self, impl: str, mask, cache, dropout_p: float, cu_seqlens=None, max_seqlen: int = 0):
+        self.impl, self.mask, self.cache, self.dropout_p = impl, mask, cache, dropout_p
+        self.cu_seqlens, self.max_seqlen = cu_seqlens, max_seqlen
+
+
+def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope, ctx: AttentionContext,
+                   layer_idx: int, sliding_window: Optional[int]) -> torch.Tensor:
+    """Rotary on q (B, H, T, D) and k/v (B, Hkv, T, D), the KV cache, the kernel; (B, T, H*D)."""
+    cos, sin = rope
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    if ctx.cache is not None:
+        k, v = ctx.cache.update(layer_idx, k, v)
+    out = attend(q, k, v, ctx.mask, impl=ctx.impl, dropout_p=ctx.dropout_p,
+                 sliding_window=sliding_window, cu_seqlens=ctx.cu_seqlens, max_seqlen=ctx.max_seqlen)
+    b, _, t, _ = out.shape
+    return out.transpose(1, 2).reshape(b, t, -1)
+

@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 
 from phi_lib.model.attention import attend, build_mask, pick_implementation, positions_from_document_ids
 from phi_lib.model.cache import KVCache
-from phi_lib.model.model import RotaryEmbedding, apply_rotary
+from phi_lib.model.rotary import RotaryEmbedding, apply_rotary
 
 MODEL_TYPE = "phi3small"
 
@@ -176,7 +176,11 @@ class Phi3SmallConfig:
         width = self.ff_dim_multiplier * (self.hidden_size // 3) * 2
         return -(-width // 256) * 256 if self.gegelu_pad_to_256 else width
 
-    # what model.RotaryEmbedding reads: full-head rotary with this base
+    # what rotary.RotaryEmbedding reads: plain full-head rotary with this base (the 8k model)
+    @property
+    def rope_type(self) -> str:
+        return "default"
+
     @property
     def rotary_dim(self) -> int:
         return self.head_dim
@@ -520,14 +524,12 @@ class Phi3SmallForCausalLM(nn.Module):
         x = m.embedding_dropout(m.embed_tokens(input_ids))
         if c.mup_embedding_multiplier:
             x = x * c.mup_embedding_multiplier
-        needed = None
         if position_ids is None:
-            needed = past + t
             if document_ids is not None:
                 position_ids = positions_from_document_ids(document_ids)
             else:
                 position_ids = torch.arange(past, past + t, device=input_ids.device)[None]
-        rope = m.rotary_emb(position_ids, x.dtype, needed)
+        rope = m.rotary_emb(position_ids, x.dtype)
         ctx = self._context(x, t, past, attention_mask, document_ids, cache)
         for layer in m.layers:
             if m.gradient_checkpointing and self.training:

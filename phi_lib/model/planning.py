@@ -143,3 +143,36 @@ def memory_table(config: PhiConfig, n_gpus: int, micro_batch_size: int, seq_len:
             gb = memory_per_gpu(config, zero, prec, n_gpus, micro_batch_size, seq_len)
             rows.append({"zero_stage": zero, "precision": prec, **{k: round(v, 2) for k, v in gb.items()}})
     return rows
+
+
+def fit_training(config: PhiConfig, *, n_gpus: int, seq_len: int, global_batch_size: int,
+                 precision: str = "bf16", gpu_gb: float = 80.0, usable: float = 0.85,
+                 max_micro_batch: int = 64) -> dict:
+    """ZeRO stage, micro batch and activation checkpointing for training on `n_gpus` GPUs of
+    `gpu_gb` (`memory_per_gpu` within `usable` of it, the rest for buffers and the CUDA context).
+
+    The rule: ZeRO-2 (the papers') unless only ZeRO-3 fits; activation checkpointing only when
+    nothing fits without it; then the largest power-of-two micro batch that fits and divides
+    the global batch over the GPUs (no remainder for gradient accumulation).
+    """
+    budget = usable * gpu_gb
+    for checkpointing in (False, True):
+        for zero in (2, 3):
+            micro = 0
+            for mb in (2 ** k for k in range(max_micro_batch.bit_length())):
+                if mb > max_micro_batch or global_batch_size % (mb * n_gpus):
+                    break
+                gb = memory_per_gpu(config, zero, precision, n_gpus, mb, seq_len,
+                                    activation_checkpointing=checkpointing)["total"]
+                if gb > budget:
+                    break
+                micro = mb
+            if micro:
+                gb = memory_per_gpu(config, zero, precision, n_gpus, micro, seq_len,
+                                    activation_checkpointing=checkpointing)["total"]
+                return {"zero_stage": zero, "micro_batch_size": micro,
+                        "activation_checkpointing": checkpointing, "memory_gb": round(gb, 2),
+                        "accumulation": global_batch_size // (micro * n_gpus)}
+    raise ValueError(f"{config.name or 'the model'} does not fit {n_gpus} GPUs of {gpu_gb:g} GB at "
+                     f"seq_len {seq_len} with global batch {global_batch_size} (ZeRO-3, activation "
+                     "checkpointing, micro batch 1): add GPUs or shorten the sequences")

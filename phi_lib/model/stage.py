@@ -4,8 +4,8 @@
     stage.param_table(); stage.memory_table(); stage.parity(); stage.samples()
     stage.write_manifest()
 
-Sizing works on the meta device (no weights), so the tables of phi-2 or phi-3-mini take no
-time or memory. Parity and the sample generation need real weights: they run on the
+Sizing works on the meta device (no weights), so the tables of phi-2, phi-3-mini or
+phi-3-medium take no time or memory. Parity and the sample generation need real weights: they run on the
 configured model when it is small, else on the same architecture shrunk to 2 layers.
 """
 from __future__ import annotations
@@ -51,7 +51,11 @@ class ModelStage:
                 "hidden": c.hidden_size, "heads": c.num_attention_heads,
                 "kv heads": c.num_key_value_heads, "head dim": c.head_dim,
                 "rotary dim": c.rotary_dim, "mlp": c.intermediate_size, "vocab": c.vocab_size,
+                "tokenizer": self.mc.tokenizer,
                 "context": c.max_position_embeddings, "activation": c.hidden_act,
+                "rotary": c.rope_type if c.rope_type == "default" else
+                f"{c.rope_type} (from {c.original_max_position_embeddings})",
+                "sliding window": c.sliding_window,
                 "dropout (resid/embd/attn)": f"{c.resid_pdrop}/{c.embd_pdrop}/{c.attention_dropout}",
                 "attention kernel": c.attn_implementation}
         return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
@@ -130,10 +134,10 @@ class ModelStage:
             cfg = shrink(cfg, vocab=cfg.vocab_size)
         torch.manual_seed(self.cfg.run.seed)
         model = PhiForCausalLM(cfg).eval()
-        tok = load_tokenizer(self.cfg.mix.tokenizer, data_dir=self.cfg.run.data_dir)
+        tok = load_tokenizer(self.mc.tokenizer, data_dir=self.cfg.run.data_dir)
         if len(tok) > cfg.vocab_size:
             raise ValueError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer "
-                             f"{self.cfg.mix.tokenizer!r} ({len(tok)} tokens)")
+                             f"{self.mc.tokenizer!r} ({len(tok)} tokens)")
         texts = generate_text(model, tok, self.mc.sample_prompts,
                               max_new_tokens=self.mc.sample_max_new_tokens, temperature=0.0)
         self.timings["samples_s"] = round(time.time() - t0, 2)

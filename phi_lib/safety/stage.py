@@ -42,7 +42,7 @@ def _load(name: str, cfg):
 
     tc = cfg.toxicity
     return lambda: load_causal_lm(name, device=tc.device, dtype=tc.dtype, run_dir=cfg.run_dir,
-                                  data_dir=cfg.run.data_dir)
+                                  data_dir=cfg.run.data_dir, tokenizer=cfg.model.tokenizer)
 
 
 # ----------------------------------------------------------------------------- ToxiGen

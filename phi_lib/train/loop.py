@@ -6,8 +6,11 @@ Per optimizer step: `accumulation` micro-batches of the packed stream (this rank
 the global batch), one optimizer step, the loss averaged over the global batch. Every
 `log_every` steps a metrics record (loss, lr, grad norm, loss scale, tokens/s, MFU); every
 `eval_every` the validation loss; every `save_every` (and at the end of a phase) a
-checkpoint. On start it resumes from the newest complete checkpoint: weights, optimizer,
-schedule, loss scaler, RNG and data position, so the loss curve continues exactly.
+checkpoint: the Hugging Face weights plus the model's tokenizer (`model.tokenizer`), so
+stages 06/07 and transformers read a checkpoint with the ids it was trained on. On start it
+resumes from the newest complete checkpoint: weights, optimizer, schedule, loss scaler, RNG
+and data position, so the loss curve continues exactly. Packed data made with another
+tokenizer, or with ids past the model's embedding, stops the phase before its first step.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ class Trainer:
         self.ckpt_root = self.out / "checkpoints"
         self._print = log
         self.phases = plan_phases(cfg, self.out)
+        self._hf_tokenizer = None
 
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
@@ -72,6 +76,7 @@ class Trainer:
         model = PhiForCausalLM(PhiConfig.from_model_config(self.cfg.model))
         if init is not None:
             model.load_state_dict(ckpt.load_weights(init))
+        model.gradient_checkpointing_enable(self.tc.activation_checkpointing)
         return model.to(self.device)
 
     # ------------------------------------------------------------------ run
@@ -140,6 +145,7 @@ class Trainer:
                      + (f" from {phase.init_from}" if phase.init_from else " from random init"))
 
         train_ds = PackedDataset(phase.data_dir, "train")
+        check_packed_data(train_ds, self.cfg.model.tokenizer, model.config.vocab_size)
         try:
             val_ds = PackedDataset(phase.data_dir, "val")
         except FileNotFoundError:
@@ -219,6 +225,15 @@ class Trainer:
         return float(self.all_mean(total / n))
 
     # ------------------------------------------------------------------ checkpoints
+    def hf_tokenizer(self):
+        """The model's tokenizer as transformers saves it (written into each checkpoint)."""
+        if self._hf_tokenizer is None:
+            from phi_lib.data.tokenizer import load_tokenizer
+
+            self._hf_tokenizer = load_tokenizer(self.cfg.model.tokenizer,
+                                                data_dir=self.cfg.run.data_dir).to_transformers()
+        return self._hf_tokenizer
+
     def save(self, engine, phase: Phase, step: int, sample: int, tokens: int, loss: float,
              val_loss: Optional[float]) -> None:
         tmp = ckpt.tmp_dir(self.ckpt_root, step)
@@ -230,6 +245,8 @@ class Trainer:
         self.barrier()
         engine.save(tmp, self.rank)
         ckpt.save_rng(tmp, self.rank)
+        if self.rank == 0:
+            self.hf_tokenizer().save_pretrained(str(tmp))
         self.barrier()
         if self.rank == 0:
             state = {"step": step, "phase": phase.name, "phase_step": step - phase.offset,
@@ -242,6 +259,19 @@ class Trainer:
             removed = ckpt.prune(self.ckpt_root, self.tc.keep_last, protect)
             self.log(f"saved {final}" + (f" (pruned {removed})" if removed else ""))
         self.barrier()
+
+
+def check_packed_data(ds, tokenizer: str, vocab_size: int) -> None:
+    """The packed mixture must hold the model's tokenizer's ids, all inside its embedding."""
+    packed_with = ds.mix.get("tokenizer")
+    if packed_with is not None and packed_with != tokenizer:
+        raise ValueError(f"{ds.mix_dir} was packed with the tokenizer {packed_with!r}, but the model "
+                         f"trains with {tokenizer!r} (model.tokenizer): rerun stage 03 "
+                         "(python -m phi_lib run <params> --stages 03)")
+    ids = ds.mix.get("vocab_size")
+    if ids is not None and ids > vocab_size:
+        raise ValueError(f"{ds.mix_dir} holds ids up to {ids - 1}, past the model's embedding "
+                         f"(vocab_size {vocab_size}); model.vocab_size must be at least {ids}")
 
 
 def _fmt(v) -> str:
