@@ -161,3 +161,24 @@ def test_missing_finetune_set_names_its_key(tmp_path, corpora):  # noqa: F811
                                           r"an output of stage 01 but .* does not exist: run stage 01 "
                                           r".*--set mix\.finetune\.source=corpora/"):
         MixBuilder(cfg, tmp_path / "o").resolve()
+
+
+def test_stage_output_source_reads_only_the_stage_data_files(tmp_path):
+    """A source naming a stage folder reads that stage's named outputs (its data shards), never
+    its manifest, done marker, step stats or executed notebook (they are not documents)."""
+    cfg = mix_config(tmp_path, {"synthetic": {"path": "01_synthesize", "weight": 1.0}},
+                     total_tokens=300, seq_len=16, val_fraction=0.0)
+    stage = cfg.run_dir / "01_synthesize"
+    docs = make_docs(30, 4, "syn")
+    write_jsonl(stage / "textbook" / "shard-00000.jsonl", docs[:20])
+    write_jsonl(stage / "code_exercises" / "shard-00000.jsonl", docs[20:])
+    (stage / "manifest.json").write_text(json.dumps({"stage": "01_synthesize", "counts": {}}, indent=2))
+    (stage / "stage.json").write_text(json.dumps({"stage": "01_synthesize"}, indent=2))
+    (stage / ".steps").mkdir()
+    (stage / ".steps" / "generate.json").write_text(json.dumps({"step": "generate"}, indent=2))
+    (stage / "report.json").write_text('{"not": "a document"}\n')
+    b = build(cfg)
+    table = b.sources_table()
+    assert table.loc["synthetic", "docs"] == 30 and table.loc["synthetic", "corrupt"] == 0
+    assert table.loc["synthetic", "records"] == 30
+    assert set(b.inputs) >= {"source/synthetic"}
