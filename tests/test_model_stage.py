@@ -15,8 +15,9 @@ def test_model_stage_on_a_large_preset(tmp_path):
                           "sample_max_new_tokens": 4}})
     stage = ModelStage(cfg, tmp_path)
     assert stage.build().lm_head.weight.is_meta  # sizing needs no weights
-    assert stage.param_table().data.loc["total", "parameters"] == 2_779_683_840
-    mem = stage.memory_table()
+    assert stage.summary().loc["layers", "value"] == "32"
+    assert stage.params().data.loc["total", "parameters"] == 2_779_683_840
+    mem = stage.memory()
     assert list(mem.index) == [(z, p) for z in range(4) for p in ("fp16", "bf16")]
     assert mem.loc[(0, "fp16"), "total"] > mem.loc[(3, "fp16"), "total"]
     report = stage.parity()
@@ -26,9 +27,19 @@ def test_model_stage_on_a_large_preset(tmp_path):
     manifest = stage.write_manifest()
     assert manifest["metrics"]["params"] == 2_779_683_840
     assert manifest["metrics"]["parity_max_abs_diff"] < 1e-5
-    assert (tmp_path / "memory.png").is_file()
+    assert manifest["metrics"]["memory_gb/zero3"] == mem.loc[(3, "fp16"), "total"]
+    assert manifest["counts"]["params/total"] == 2_779_683_840 and len(manifest["samples"]) == 2
+    assert set(manifest["timings"]) == {"parity", "samples"}
+    assert (tmp_path / "memory.png").is_file() and manifest["figures"] == ["memory.png"]
     hf = json.loads((tmp_path / "config.json").read_text())
     assert hf["model_type"] == "phi" and hf["partial_rotary_factor"] == 0.4
+    # a new kernel on the same folder: parity and samples are reused while current
+    again = ModelStage(cfg, tmp_path)
+    mtime = (tmp_path / ".steps" / "parity.json").stat().st_mtime_ns
+    assert again.parity() == report and (tmp_path / ".steps" / "parity.json").stat().st_mtime_ns == mtime
+    assert again.samples().equals(samples)
+    cfg.model.sample_max_new_tokens = 2  # what the samples step's fingerprint holds: redone
+    assert ModelStage(cfg, tmp_path).samples()["completion"].tolist() != samples["completion"].tolist()
 
 
 @pytest.mark.notebooks
