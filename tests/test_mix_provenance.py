@@ -125,12 +125,12 @@ def test_shard_split_does_not_change_what_a_reader_sees(tmp_path, packed):  # no
     other = mix_config(tmp_path, {n: {"path": str(s.path), "weight": cfg.mix.sources[n].weight}
                                   for n, s in builder.sources.items()},
                        total_tokens=cfg.mix.total_tokens, seq_len=cfg.mix.seq_len,
-                       val_fraction=cfg.mix.val_fraction, shard_tokens=32 * 7)
+                       val_fraction=cfg.mix.val_fraction, shard_tokens=32 * 37)
     other.run.seed = cfg.run.seed
     b = build(other)
     for split in ("train", "val"):
         x, y = PackedDataset(builder.out, split), PackedDataset(b.out, split)
-        assert x.index["windows_per_shard"] == 100 and y.index["windows_per_shard"] == 7
+        assert x.index["windows_per_shard"] == 100 and y.index["windows_per_shard"] == 37
         assert x.index["content_digest"] == y.index["content_digest"]
         for rank in range(2):
             xs = [t for t, _ in _take(x.iter_batches(5, rank, 2, seed=3), 2 * len(x) // 10 + 1)]
