@@ -57,3 +57,39 @@ def test_model_notebook_in_smoke_run(smoke_run):
         n = sum(p.numel() for p in PhiForCausalLM(ours).parameters())
     assert n == m["params"]
     assert (out / "memory.png").is_file() and manifest["samples"]
+
+
+@pytest.mark.slow
+def test_model_knob_reruns_the_stage_operational_knob_skips(smoke_copy):
+    """Through the runner on a copy of the smoke run: the sample length (operational) changes
+    nothing; a layer count reruns stage 04, every step records the new fingerprint, config.json
+    is the new architecture and training (stage 05) is stale."""
+    from phi_lib.stages import STAGES
+
+    out = smoke_copy.run_dir / "04_model"
+    steps = out / ".steps"
+    mtimes = {p.name: p.stat().st_mtime_ns for p in steps.glob("*.json")}
+    before = json.loads((out / "config.json").read_text())
+    params_before = json.loads((out / "manifest.json").read_text())["metrics"]["params"]
+    res = smoke_copy(["04"], {"model.sample_max_new_tokens": 4})
+    assert [s.status for s in res.statuses if s.stage == "04"] == ["skipped"]
+    assert {p.name: p.stat().st_mtime_ns for p in steps.glob("*.json")} == mtimes
+    assert set(mtimes) == {f"{s}.json" for s in ("summary", "params", "flops", "memory", "parity", "samples")}
+
+    res = smoke_copy(["04"], {"model.num_hidden_layers": before["num_hidden_layers"] - 2})
+    assert [s.status for s in res.statuses if s.stage == "04"] == ["done"]
+    hf = json.loads((out / "config.json").read_text())
+    assert hf["num_hidden_layers"] == before["num_hidden_layers"] - 2
+    assert {k: v for k, v in hf.items() if k != "num_hidden_layers"} == \
+        {k: v for k, v in before.items() if k != "num_hidden_layers"}
+    with torch.device("meta"):
+        n = sum(p.numel() for p in PhiForCausalLM(PhiConfig.from_hf_dict(hf)).parameters())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["params"] == n < params_before
+    assert manifest["fingerprint"]["key"] == STAGES["04"].fingerprint(res.cfg).key
+    for p in steps.glob("*.json"):  # no step's numbers come from the old architecture
+        stats = json.loads(p.read_text())
+        assert stats["fingerprint"]["config"]["model"]["num_hidden_layers"] == hf["num_hidden_layers"], p.name
+        assert p.stat().st_mtime_ns != mtimes[p.name], p.name
+    assert {s["model"] for s in manifest["samples"]} == {f"{hf['num_hidden_layers']} layers"}
+    assert "inputs.04_model" in STAGES["05"].stale_reasons(res.cfg)
