@@ -75,7 +75,8 @@ class ModelStage(BaseStage):
                 "dropout (resid/embd/attn)": f"{c.resid_pdrop}/{c.embd_pdrop}/{c.attention_dropout}",
                 "attention kernel": c.attn_implementation}
         self.write_config()
-        self.record("summary", fingerprint=self.fingerprint, architecture={k: str(v) for k, v in rows.items()})
+        self.record("summary", fingerprint=self.fingerprint,
+                    architecture={k: str(v) for k, v in rows.items()})
         return pd.DataFrame({"value": [str(v) for v in rows.values()]}, index=list(rows))
 
     def params(self):
@@ -86,7 +87,8 @@ class ModelStage(BaseStage):
         built = sum(p.numel() for p in self.build().parameters())
         if built != counts["total"]:
             raise AssertionError(f"param_count says {counts['total']:,}, the model has {built:,}")
-        self.record("params", fingerprint=self.fingerprint, counts={f"params/{k}": v for k, v in counts.items()},
+        self.record("params", fingerprint=self.fingerprint,
+                    counts={f"params/{k}": v for k, v in counts.items()},
                     metrics={"params": counts["total"], "params_non_embedding": counts["non_embedding"]})
         return pd.DataFrame({"parameters": [counts[k] for k in PARTS],
                              "share": [counts[k] / counts["total"] for k in PARTS]},
