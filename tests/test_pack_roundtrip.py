@@ -59,7 +59,7 @@ def test_validation_is_split_by_document(packed, reference_tokenizer):  # noqa: 
         texts[split] = {reference_tokenizer.decode(stream[a:b - 1].tolist())
                         for a, b in zip(starts, starts[1:])}
     assert texts["val"] and not texts["train"] & texts["val"]
-    n_val = sum(int(m.sum()) for m in builder.val_mask.values())
+    n_val = sum(int(m.sum()) for m in builder.masks()[1].values())
     assert 0.04 < n_val / sum(len(d) for d in docs.values()) < 0.2  # val_fraction 0.1
     # every val document is packed once, except what the incomplete last window drops
     index = json.loads((builder.out / "val" / "index.json").read_text())
@@ -72,7 +72,7 @@ def test_epochs_and_shares_realized(packed, reference_tokenizer):  # noqa: F811
     mix = json.loads((builder.out / "mix.json").read_text())
     _, stream, starts = split_documents(builder.out, "train")
     counts = Counter(reference_tokenizer.decode(stream[a:b - 1].tolist()) for a, b in zip(starts, starts[1:]))
-    beta_train = [t for i, t in enumerate(docs["beta"]) if builder.train_mask["beta"][i]]
+    beta_train = [t for i, t in enumerate(docs["beta"]) if builder.masks()[0]["beta"][i]]
     beta_epochs = mix["plan"]["sources"]["beta"]["epochs"]
     assert 2.0 < beta_epochs < 4.5
     # each epoch is a full permutation: every training document repeats floor or ceil(epochs)

@@ -4,13 +4,16 @@ Document order: each source is walked epoch by epoch (a fresh seeded permutation
 training documents per epoch) until it has given its share of a phase; the documents of a
 phase are then shuffled together, and phases follow each other. Every document is followed
 by EOS, the stream is cut into windows of exactly `seq_len` tokens (a document may continue
-into the next window; the incomplete tail is dropped) and written as shards in the layout of
-`phi_lib.packed` (shards, `doc_starts.npy`, then `index.json` last), uint16 or uint32 as the
-vocabulary needs (`phi_lib.packed.token_dtype`).
+into the next window; the incomplete tail is dropped) and written as uint16 shards in the
+layout of `phi_lib.packed` (shards, `doc_starts.npy`, then `index.json` last).
 
 Validation holds the held-out documents of every source once (split by document, never by
 window). Shards are written atomically and recorded in `<split>/progress.json` with the
-plan's fingerprint, so an interrupted run rewrites only the missing shards.
+layout's key (document order, token caches, window and shard sizes), so an interrupted run
+rewrites only the missing shards and a changed layout rewrites them all (the old ones are
+removed first). `index.json` records the stage's provenance fingerprint and a
+`content_digest` of what a reader sees (windows in order, document starts, phases), which
+does not depend on how the windows are split into shard files.
 """
 from __future__ import annotations
 
@@ -132,17 +135,20 @@ class SplitInfo:
     phases: list[dict]
     tokens_by_source: dict[str, int]
     """Tokens of each source in the written windows (EOS included): the realized mixture."""
+    content_digest: str = ""
+    """Digest of the windows in order, document starts and phases (not of the shard split)."""
 
 
 def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSource], *,
                 seq_len: int, shard_tokens: int, eos_id: int, vocab_size: int,
-                max_tokens: Optional[int] = None, progress: bool = True) -> SplitInfo:
+                max_tokens: Optional[int] = None, progress: bool = True,
+                fingerprint: Optional[dict] = None) -> SplitInfo:
     """Pack `order` into `folder` (resuming a previous partial write of the same order).
 
-    `vocab_size` (the tokenizer's ids) picks the token dtype recorded in `index.json`.
     `max_tokens` caps the stream (the token budget): whole documents overshoot it slightly.
+    `fingerprint` (what produced the split: phi_lib.provenance) is recorded in `index.json`.
     """
-    dtype = token_dtype(vocab_size)
+    dtype = token_dtype(vocab_size)  # uint16, or uint32 past 65,536 ids (recorded in index.json)
     if eos_id >= vocab_size:
         raise ValueError(f"eos_id {eos_id} is not below vocab_size {vocab_size}")
     folder = Path(folder)
@@ -154,16 +160,18 @@ def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSou
     n_tokens = n_windows * seq_len
     per_shard = max(1, shard_tokens // seq_len)
     n_shards = -(-n_windows // per_shard)
-    fingerprint = _fingerprint(order, tokenized, seq_len, per_shard, eos_id, n_windows)
+    layout = _fingerprint(order, tokenized, seq_len, per_shard, eos_id, n_windows)
 
     progress_path = folder / "progress.json"
     done = set()
-    if progress_path.is_file() and read_json(progress_path).get("fingerprint") == fingerprint:
+    (folder / INDEX_FILE).unlink(missing_ok=True)  # rewritten last: marks the split complete
+    if progress_path.is_file() and read_json(progress_path).get("layout") == layout:
         done = set(read_json(progress_path)["done"])
     else:
+        progress_path.unlink(missing_ok=True)
         for stale in folder.glob("shard-*.bin"):
             stale.unlink()
-        (folder / INDEX_FILE).unlink(missing_ok=True)
+    content = hashlib.sha256()
 
     bar = None
     if progress:
@@ -177,17 +185,22 @@ def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSou
         shards.append(path.name)
         expected = (w1 - w0) * seq_len * dtype.itemsize
         if path.name in done and path.is_file() and path.stat().st_size == expected:
+            with open(path, "rb") as f:  # a shard of this layout written before: reused
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    content.update(chunk)
             if bar is not None:
                 bar.update((w1 - w0) * seq_len)
             continue
         with atomic_open(path, "wb") as f:
             for a in range(w0 * seq_len, w1 * seq_len, GATHER_TOKENS):
                 b = min(w1 * seq_len, a + GATHER_TOKENS)
-                gather(order, tokenized, starts, a, b, eos_id, dtype).tofile(f)
+                chunk = gather(order, tokenized, starts, a, b, eos_id, dtype)
+                chunk.tofile(f)
+                content.update(chunk.tobytes())
                 if bar is not None:
                     bar.update(b - a)
         done.add(path.name)
-        atomic_write_json(progress_path, {"fingerprint": fingerprint, "done": sorted(done)})
+        atomic_write_json(progress_path, {"layout": layout, "done": sorted(done)})
     if bar is not None:
         bar.close()
 
@@ -204,15 +217,16 @@ def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSou
     inside = np.minimum(starts[1:], n_tokens) - np.minimum(starts[:-1], n_tokens)
     by_source = np.bincount(order.source, weights=inside, minlength=len(order.names))
     tokens_by_source = {n: int(by_source[i]) for i, n in enumerate(order.names)}
+    content.update(np.ascontiguousarray(doc_starts, dtype=np.int64).tobytes())
+    content.update(json.dumps([seq_len, dtype.name, eos_id, phases]).encode())
     info = SplitInfo(folder.name, n_windows, n_tokens, len(doc_starts), stream - n_tokens, shards,
-                     phases, tokens_by_source)
+                     phases, tokens_by_source, content.hexdigest()[:16])
     atomic_write_json(folder / INDEX_FILE, {
-        "split": info.split, "seq_len": seq_len, "dtype": dtype.name, "vocab_size": vocab_size,
-        "eos_id": eos_id,
+        "split": info.split, "seq_len": seq_len, "dtype": dtype.name, "vocab_size": vocab_size, "eos_id": eos_id,
         "n_windows": n_windows, "n_tokens": n_tokens, "n_docs": info.n_docs,
         "windows_per_shard": per_shard, "shards": shards, "phases": phases,
         "dropped_tail_tokens": info.dropped_tail_tokens, "tokens_by_source": tokens_by_source,
-        "fingerprint": fingerprint})
+        "content_digest": info.content_digest, "layout": layout, "fingerprint": fingerprint})
     return info
 
 
@@ -243,8 +257,7 @@ def gather(order: DocOrder, tokenized: dict[str, TokenizedSource], starts: np.nd
 
 def _fingerprint(order: DocOrder, tokenized: dict[str, TokenizedSource], seq_len: int,
                  per_shard: int, eos_id: int, n_windows: int) -> str:
-    """Changes with the document order, the tokenized data and the layout (the token dtype
-    follows the tokenizer, which the caches' fingerprints hold)."""
+    """Changes with the document order, the tokenized data and the layout."""
     caches = [[tokenized[n].state.get("fingerprint"), tokenized[n].state.get("tokens")]
               for n in order.names]
     h = hashlib.sha256()
