@@ -126,3 +126,128 @@ def test_benchmark_ngram_cache_follows_the_data_folder_and_file_contents(tmp_pat
     (tmp_path / "d1" / "benchmarks" / "toy" / "test.jsonl").write_text('{"q": "%s"}\n' % b)
     three = BenchmarkNgrams.build(["toy"], 13, data_dir=str(tmp_path / "d1"), cache_dir=cache)
     assert three.match("x " + b) == "toy" and three.match("x " + a) is None  # edited file
+
+
+def stamps(stage) -> dict:
+    """When each recorded step last ran (a step that did not run keeps its stamp)."""
+    return {s["step"]: (s["finished_at"], s["fingerprint"]["key"]) for s in stage.all_stats()}
+
+
+def test_operational_knobs_recompute_nothing(tmp_path):
+    from phi_lib.stages import STAGES
+
+    first = run_all(config(tmp_path), ScriptedJudge("a"))
+    before = stamps(first)
+    cfg = config(tmp_path, score_batch_size=3, shard_size=5, embed_batch_size=7,
+                 **{"annotator.batch_size": 2, "annotator.max_concurrency": 1,
+                    "annotator.timeout_s": 1.0, "annotator.device": "cpu"})
+    assert STAGES["02"].fingerprint(cfg).key == STAGES["02"].fingerprint(first.cfg).key
+    judge = ScriptedJudge("a")
+    again = run_all(cfg, judge)
+    assert judge.asked == 0 and again.embedder.texts == 0
+    assert stamps(again) == before
+
+
+def test_keep_fraction_rewrites_kept_only(tmp_path):
+    first = run_all(config(tmp_path), ScriptedJudge("a"))
+    before, n_kept = stamps(first), first.step_stats("keep_web")["counts"]["web/kept"]
+    again = run_all(config(tmp_path, keep_fraction=0.6), ScriptedJudge("a"))
+    after = stamps(again)
+    assert again.embedder.texts == 0
+    assert {k for k in after if after[k] != before[k]} == {"keep_web"}
+    kept = list(again.candidates("web"))
+    n = again.step_stats("keep_web")["counts"]["web/kept"]
+    assert n > n_kept and n == sum(1 for _ in __import__("phi_lib.filter.files", fromlist=["x"])
+                                   .read_kept(again.out, "web"))
+    assert n == pytest.approx(0.6 * len(kept), abs=2)
+
+
+def test_validation_knobs_retrain_but_never_rescore(tmp_path):
+    first = run_all(config(tmp_path), ScriptedJudge("a"))
+    key, before = first.step_stats("train_web")["classifier"], stamps(first)
+    again = run_all(config(tmp_path, val_fraction=0.4, label_threshold=2.0), ScriptedJudge("a"))
+    after = stamps(again)
+    assert again.step_stats("train_web")["classifier"] == key  # the same head...
+    assert again.step_stats("train_web")["metrics"]["web/n_val"] == 6  # ...validated anew
+    assert {k for k in after if after[k] != before[k]} == {"train_web"}  # nothing rescored
+    assert again.embedder.texts == again.step_stats("annotate_web")["counts"]["web/annotations/labelled"]
+
+
+def test_grown_corpus_with_a_fixed_pool_scores_only_the_new_documents(tmp_path):
+    first = run_all(config(tmp_path, max_docs=30), ScriptedJudge("a"))
+    key = first.step_stats("train_web")["classifier"]
+    old = {r["key"]: r["score"] for r in first.scored("web")}
+    judge = ScriptedJudge("a")
+    grown = run_all(config(tmp_path, max_docs=60, annotate_pool_docs=30), judge)
+    new = {r["key"]: r for r in grown.scored("web")}
+    n_cand = sum(1 for _ in grown.candidates("web"))
+    assert judge.asked == 0 and grown.step_stats("train_web")["classifier"] == key
+    assert len(new) == n_cand > len(old) and old.keys() <= new.keys()
+    assert grown.step_stats("score_web")["scored_now"] == n_cand - len(old) == grown.embedder.texts
+    assert all(r["classifier"] == key for r in new.values())
+    assert all(new[k]["score"] == s for k, s in old.items())  # the old scores stand
+
+
+def test_scoring_killed_after_a_classifier_change_resumes_with_the_new_classifier(tmp_path):
+    first = run_all(config(tmp_path), ScriptedJudge("a"))
+    old_key = first.step_stats("train_web")["classifier"]
+    cfg = config(tmp_path, classifier="ridge", score_batch_size=4)
+    stage = stage_of(cfg)
+    stage.prefilter(), stage.annotate(backend=ScriptedJudge("a")), stage.train()
+    new_key = stage.step_stats("train_web")["classifier"]
+    inner = stage._embedder
+
+    class Dies(Embedder):
+        name, dim, calls = inner.name, inner.dim, 0
+
+        def embed(self, texts):
+            Dies.calls += 1
+            if Dies.calls > 3:
+                raise KeyboardInterrupt("killed")
+            return inner.embed(texts)
+
+    stage._embedder = Dies()
+    with pytest.raises(KeyboardInterrupt):
+        stage.score()
+    on_disk = list(stage.scored("web"))
+    assert len(on_disk) == 12 and {r["classifier"] for r in on_disk} == {new_key}  # 3 batches
+    again = stage_of(cfg)
+    again.score()
+    scores = list(again.scored("web"))
+    assert {r["classifier"] for r in scores} == {new_key} != {old_key}
+    assert again.step_stats("score_web")["scored_now"] == len(scores) - 12
+    ref = expected_scores(again)
+    assert {r["key"]: r["score"] for r in scores} == pytest.approx(ref, abs=1e-4)
+
+
+def test_a_step_never_reads_a_stale_upstream(tmp_path):
+    from phi_lib.filter.stage import StepNotCurrent
+
+    run_all(config(tmp_path), ScriptedJudge("a"))
+    stage = stage_of(config(tmp_path, classifier="ridge"))
+    with pytest.raises(StepNotCurrent, match=r"step train_web is not current \(classifier\.head, "):
+        stage.score()  # a restarted kernel jumping to the score cell
+    with pytest.raises(StepNotCurrent, match=r"train_web"):
+        stage.write_manifest()
+
+
+def test_a_backend_error_is_asked_again_not_kept_as_a_label(tmp_path):
+    class Flaky(ScriptedJudge):
+        def generate(self, prompts, params, **kw):
+            out = super().generate(prompts, params, **kw)
+            return [Completion(text="", finish_reason="error", error="timeout") if i % 4 == 0 else c
+                    for i, c in enumerate(out)]
+
+    cfg = config(tmp_path)
+    stage = stage_of(cfg)
+    stage.prefilter()
+    stage.annotate(backend=Flaky("a"))
+    errors = stage.step_stats("annotate_web")["errors"]
+    from phi_lib.filter.steps import annotate
+
+    assert errors > 0 and annotate.table(stage)["status_error"]["web"] == errors  # counted, shown
+    judge = ScriptedJudge("a")
+    stage_of(cfg).annotate(backend=judge)  # the next run
+    assert judge.asked == errors
+    recs = stage.annotations("web")
+    assert len(recs) == 16 and not [r for r in recs if r["status"] == "error"]

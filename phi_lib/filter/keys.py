@@ -88,12 +88,13 @@ def pool_docs(fc) -> Optional[int]:
 
 
 def annotate(cfg, kind: str, candidates_digest: str) -> tuple[Fingerprint, Fingerprint]:
-    """(the annotate step's fingerprint, the annotator's)."""
+    """(the annotate step's fingerprint: the judge's plus the sample's, the judge's)."""
     judge = annotator(cfg, kind)
     fp = Fingerprint.of(
-        config={"annotator": judge.key, "n_annotate": cfg.filter.n_annotate,
-                "pool_docs": pool_docs(cfg.filter), "seed": cfg.run.seed},
-        inputs={"candidates": candidates_digest})
+        config={"annotator": judge.config, "sample": {
+            "n_annotate": cfg.filter.n_annotate, "pool_docs": pool_docs(cfg.filter),
+            "seed": cfg.run.seed}},
+        inputs={**judge.inputs, "candidates": candidates_digest})
     return fp, judge
 
 
@@ -115,8 +116,9 @@ def classifier(cfg, kind: str, annotations_digest: str) -> Fingerprint:
 def train(cfg, kind: str, annotations_digest: str) -> tuple[Fingerprint, Fingerprint]:
     """(the train step's fingerprint: the classifier's plus its validation knobs, the classifier's)."""
     clf = classifier(cfg, kind, annotations_digest)
-    fp = Fingerprint.of(config={"classifier": clf.key, "label_threshold": cfg.filter.label_threshold,
-                                "val_fraction": cfg.filter.val_fraction, "seed": cfg.run.seed})
+    fp = Fingerprint.of(config={**clf.config, "validation": {
+        "label_threshold": cfg.filter.label_threshold, "val_fraction": cfg.filter.val_fraction,
+        "seed": cfg.run.seed}}, inputs=clf.inputs)
     return fp, clf
 
 
