@@ -1,8 +1,9 @@
 """Stage 02 through the runner (papermill included), on a private copy of the smoke run: a
-changed knob recomputes what it changes and nothing else, downstream stage 03 follows, no
-score of another classifier remains; an operational knob recomputes nothing; a grown corpus
-is scored by the same classifier; a run killed with SIGKILL while scoring for a new
-classifier resumes without mixing two classifiers' scores."""
+changed knob recomputes what it changes and nothing else and stage 03 follows; an
+operational knob recomputes nothing; a grown corpus is scored by the same classifier; a run
+killed with SIGKILL while rescoring for a new classifier resumes without mixing two
+classifiers' scores, and none of the old ones remains. (Library-level twins of each, with
+stand-in models, are in test_filter_provenance.py.)"""
 import json
 import os
 import signal
@@ -55,39 +56,6 @@ def assert_one_classifier(out: Path):
         assert {r["classifier"] for r in recs} == {key}, kind
 
 
-def test_a_changed_knob_recomputes_what_it_changes(smoke_copy):
-    run_dir = smoke_copy.run_dir
-    out = run_dir / "02_filter_web"
-    s0, mix0 = steps(out), marker(run_dir, "03_mix")["outputs_digest"]
-    kept0 = len(records(out / "kept"))
-    old_key = classifier_key(out, "web")
-
-    # keep_fraction: the same scores, another cut -> kept/ rewritten, stage 03 remixes
-    r = smoke_copy(["02", "03"], {"filter.keep_fraction": 0.5})
-    assert status(r, "02") == status(r, "03") == "done"
-    s1 = steps(out)
-    assert {k for k in s1 if s1[k] != s0[k]} == {"keep_web", "keep_code"}
-    assert len(records(out / "kept")) > kept0
-    assert marker(run_dir, "03_mix")["outputs_digest"] != mix0
-    assert_one_classifier(out)
-
-    # another head: every candidate rescored by it, none of the old scores left
-    over = {"filter.keep_fraction": 0.5, "filter.classifier": "ridge"}
-    r = smoke_copy(["02"], over)
-    assert status(r, "02") == "done" and classifier_key(out, "web") != old_key
-    s2 = steps(out)
-    assert {k for k in s2 if s2[k] != s1[k]} == {f"{s}_{k}" for s in ("train", "score", "keep")
-                                                 for k in ("web", "code")}
-    assert_one_classifier(out)
-    assert json.loads((out / "kept.json").read_text())["classifier"] == classifier_key(out, "web")
-
-    # operational knobs: the runner skips the stage, no step reran
-    r = smoke_copy(["02"], {**over, "filter.score_batch_size": 7, "filter.embed_batch_size": 3,
-                            "filter.shard_size": 50, "filter.annotator.timeout_s": 5.0,
-                            "filter.annotator.batch_size": 2})
-    assert status(r, "02") == "skipped" and steps(out) == s2
-
-
 def complete_lines(path: Path) -> list[str]:
     """The whole lines of a file being appended to (a torn last line left out)."""
     try:
@@ -114,23 +82,45 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def test_grown_corpus_then_kill_9_while_rescoring(smoke_copy):
+def test_knob_changes_through_the_runner(smoke_copy):
+    """One copy of the smoke run, five reruns: each asserts what recomputed and what did not."""
     run_dir = smoke_copy.run_dir
     out = run_dir / "02_filter_web"
+    s0, mix0 = steps(out), marker(run_dir, "03_mix")["outputs_digest"]
+    kept0 = records(out / "kept")
     key = classifier_key(out, "web")
     old = {r["key"]: r["score"] for r in scores(out, "web")}
 
-    # max_docs grows with the annotation pool fixed: same sample, same classifier, new docs only
-    grown = {"filter.max_docs": 330, "filter.annotate_pool_docs": 300}
+    # 1. keep_fraction: the same scores, another cut -> kept/ rewritten, stage 03 remixes
+    r = smoke_copy(["02", "03"], {"filter.keep_fraction": 0.5})
+    assert status(r, "02") == status(r, "03") == "done"
+    s1 = steps(out)
+    assert {k for k in s1 if s1[k] != s0[k]} == {"keep_web", "keep_code"}
+    assert len(records(out / "kept")) > len(kept0)
+    assert marker(run_dir, "03_mix")["outputs_digest"] != mix0
+    assert_one_classifier(out)
+
+    # 2. operational knobs: the runner skips the stage, no step reran
+    r = smoke_copy(["02"], {"filter.keep_fraction": 0.5, "filter.score_batch_size": 7,
+                            "filter.embed_batch_size": 3, "filter.shard_size": 50,
+                            "filter.annotator.timeout_s": 5.0, "filter.annotator.batch_size": 2,
+                            "filter.annotator.max_concurrency": 1, "filter.annotator.device": "cpu"})
+    assert status(r, "02") == "skipped" and steps(out) == s1
+
+    # 3. max_docs grows with the annotation pool fixed: same sample and classifier, new docs only
+    grown = {"filter.keep_fraction": 0.5, "filter.max_docs": 305, "filter.annotate_pool_docs": 300}
     r = smoke_copy(["02"], grown)
+    s3 = steps(out)
     assert status(r, "02") == "done" and classifier_key(out, "web") == key
+    assert s3["train_web"] == s1["train_web"] and s3["annotate_web"][1] != s1["annotate_web"][1]
+    assert json.loads((out / ".steps" / "annotate_web.json").read_text())["asked"] == 0
     new = {r["key"]: r for r in scores(out, "web")}
     assert old.keys() < new.keys() and all(new[k]["score"] == s for k, s in old.items())
     stats = json.loads((out / ".steps" / "score_web.json").read_text())
     assert stats["scored_now"] == len(new) - len(old) and stats["stale_removed"] == 0
     assert_one_classifier(out)
 
-    # a new classifier, killed with SIGKILL once its first scores are on disk
+    # 4. a new classifier (fewer trees), the run killed with SIGKILL once its first scores are on disk
     changed = {**grown, "filter.n_estimators": 50, "filter.score_batch_size": 4}
     sets = [f"--set={k}={v}" for k, v in {**changed, "run.output_root": str(run_dir.parent)}.items()]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -149,10 +139,14 @@ def test_grown_corpus_then_kill_9_while_rescoring(smoke_copy):
     new_key = classifier_key(out, "web")
     on_disk = scores(out, "web") + [json.loads(x) for x in complete_lines(partial)]
     assert new_key != key and 0 < len(on_disk) < len(new)  # killed midway
-    assert {r["classifier"] for r in on_disk} == {new_key}  # the old scores were removed first
+    assert {r["classifier"] for r in on_disk} == {new_key}  # the old scores went first
 
-    r = smoke_copy(["02"], changed)  # resume
+    # 5. resume (scoring in bigger batches: operational): the killed run's scores kept, the
+    # rest scored by the same new classifier, none of the old; kept/ follows
+    r = smoke_copy(["02"], {**changed, "filter.score_batch_size": 256})
     assert status(r, "02") == "done"
     stats = json.loads((out / ".steps" / "score_web.json").read_text())
-    assert 0 < stats["scored_now"] < len(new)  # what the killed run wrote was kept
+    assert stats["scored_now"] == len(new) - len(on_disk)
     assert_one_classifier(out)
+    assert json.loads((out / "kept.json").read_text())["classifier"] == new_key
+    assert {r["score"] for r in records(out / "kept")} != {r["score"] for r in kept0}

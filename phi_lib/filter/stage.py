@@ -220,7 +220,11 @@ class FilterStage(BaseStage):
         from phi_lib.filter.classifier import ClassifierReport
         from phi_lib.filter.plots import plot_classifier
 
-        reports = {k: ClassifierReport.from_meta(self.classifier(k).meta) for k in self.kinds()}
+        from phi_lib.io import read_json
+
+        # the saved report (classifier.json), not the head: no sklearn import to draw it
+        reports = {k: ClassifierReport.from_meta(read_json(self.out / CLASSIFIER_DIR[k] / "classifier.json"))
+                   for k in self.kinds()}
         fig = plot_classifier(reports)
         self.save_figure(fig, "classifier.png")
         return fig
