@@ -1,8 +1,10 @@
 """What produced each of stage 02's artifacts: the fingerprints its steps compare.
 
 Each step's fingerprint holds only the config fields that change its output, plus the
-content digest of what it reads (the data files, or the upstream step's recorded output),
-so a step reruns exactly when its output would differ:
+content digest of what it reads (the data files, or the upstream step's recorded output
+digest, not its fingerprint), so a step reruns when its knobs or its input changed, and a
+rerun that writes the same output (the same sample drawn from a grown corpus) recomputes
+nothing after it:
 
     prefilter  corpus + heuristic/dedup/decontamination knobs + corpus and benchmark digests
     annotate   annotator fingerprint (backend kind/model/dtype, model content identity, rubric,

@@ -40,8 +40,7 @@ def run(stage, kind: str) -> dict:
             X, y, kind=fc.classifier, threshold=fc.label_threshold, val_fraction=fc.val_fraction,
             seed=stage.cfg.run.seed, embedder_name=fc.embedder, embed_max_tokens=fc.embed_max_tokens,
             n_estimators=fc.n_estimators, embedder=stage.embedder,
-            extra_meta={"kind": kind, "annotator": ann["annotator"], "score_from": fc.score_from,
-                        "fingerprint": clf_fp.to_dict()})
+            extra_meta={"kind": kind, "fingerprint": clf_fp.to_dict()})
         clf.save(stage.out / files.CLASSIFIER_DIR[kind])
     return stage.record(name, fingerprint=fp, seconds=t["seconds"],
                         metrics={f"{kind}/{k}": float(v) for k, v in report.metrics().items()},
