@@ -251,3 +251,12 @@ def test_a_backend_error_is_asked_again_not_kept_as_a_label(tmp_path):
     assert judge.asked == errors
     recs = stage.annotations("web")
     assert len(recs) == 16 and not [r for r in recs if r["status"] == "error"]
+
+
+def test_a_path_taken_out_of_the_config_leaves_nothing_behind(tmp_path):
+    stage = run_all(config(tmp_path, code_corpus="stdlib"), ScriptedJudge("a"))
+    assert (stage.out / "kept_code").is_dir() and stage.step_stats("score_code")
+    web_only = run_all(config(tmp_path), ScriptedJudge("a"))
+    assert not [p.name for p in web_only.out.rglob("*code*")]  # kept_code/, classifier_code/, .steps
+    man = web_only.write_manifest()
+    assert not [k for k in list(man["counts"]) + list(man["metrics"]) if k.startswith("code/")]
