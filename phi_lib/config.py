@@ -234,6 +234,10 @@ class FilterConfig:
     """Judge sampling: greedy; room for the FineWeb-Edu justification before the score."""
     n_annotate: int = 200
     """Samples the LLM annotates per path, web and code (phi-1: ~100K)."""
+    annotate_pool_docs: Optional[int] = None
+    """Draw the annotation sample from the candidates among the first this many documents of
+    each corpus; empty = from all that were read (`max_docs`). Fix it to grow `max_docs`
+    later with the same sample, so the same classifier scores only the new documents."""
     annotate_max_chars: int = 3000
     """Characters of a document shown to the judge (longer ones are cut, as FineWeb-Edu did)."""
     rubric: str = "full"
@@ -317,6 +321,8 @@ class FilterConfig:
         _positive("shard_size", self.shard_size)
         if self.max_docs is not None:
             _positive("max_docs", self.max_docs)
+        if self.annotate_pool_docs is not None:
+            _positive("annotate_pool_docs", self.annotate_pool_docs)
         if not self.corpus and not self.code_corpus:
             _fail("corpus", "give a web `corpus` or a `code_corpus` (both are empty)")
 

@@ -69,6 +69,21 @@ def model_identity(name: str, run_dir: Optional[Union[str, Path]] = None) -> str
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
+def content_identity(name: str, run_dir: Optional[Union[str, Path]] = None) -> str:
+    """What `name` is, by content (phi_lib.provenance.model_identity): the digest of a GGUF
+    file (`smollm2`, `*.gguf`; the dequantized dir is a function of it), of a local model
+    dir's weights/config/tokenizer (`checkpoint` after retraining is another model), else the
+    name itself (a hub model or a server's model name)."""
+    from phi_lib.provenance import file_digest, model_identity as content
+
+    if name == "smollm2":
+        return file_digest(smollm2_gguf())
+    if name.endswith(".gguf") and Path(name).expanduser().is_file():
+        return file_digest(Path(name).expanduser())
+    target = Path(resolve_model(name, run_dir))
+    return content(target if target.exists() else None, name)
+
+
 def resolve_model(name: str, run_dir: Optional[Union[str, Path]] = None) -> str:
     """Turn a workbook model name into something `from_pretrained` takes (a dir or hub name)."""
     if name == "checkpoint":

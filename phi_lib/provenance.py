@@ -133,8 +133,9 @@ def paths_digest(paths: Iterable[PathLike]) -> str:
 
 MODEL_FILES = ("*.safetensors", "*.index.json", "pytorch_model*.bin", "*.gguf", "config.json", "tokenizer*",
                "*.model", "*.tiktoken", "vocab*", "merges.txt", "special_tokens_map.json",
-               "generation_config.json")
-"""What identifies a model folder: weights, config and tokenizer (not optimizer state)."""
+               "generation_config.json", "chat_template*")
+"""What identifies a model folder: weights, config, tokenizer and chat template (what a
+chat prompt becomes), not optimizer state."""
 
 
 def model_identity(path: Optional[PathLike], name: str = "") -> str:
