@@ -258,15 +258,23 @@ def _fake_ckpt(root: Path, step: int, phase: str, val_loss=None, val_step=None) 
 
 
 def test_selection_picks_the_lowest_val_loss_and_pruning_keeps_it(tmp_path):
-    from phi_lib.train.select import protected_steps, select
+    import json
 
-    (tmp_path / "03_mix" / "finetune").mkdir(parents=True)
+    from phi_lib.train.select import check_selectable, protected_steps, select
+
+    (tmp_path / "03_mix" / "finetune" / "val").mkdir(parents=True)
     (tmp_path / "03_mix" / "finetune" / "mix.json").write_text("{}")
     cfg = load(ROOT / "params" / "smoke.yaml", {
         "run.output_root": str(tmp_path.parent), "run.name": tmp_path.name,
         "mix.finetune.source": "textbooks", "train.finetune.enabled": "true",
         "train.finetune.global_batch_size": "4", "train.finetune.max_steps": "5",
         "train.finetune.from_step": "20"})
+    # selecting by val loss needs a val split of the finetune set: known before training
+    with pytest.raises(ValueError, match=r"^train\.finetune\.select_by=val_loss: the finetune "
+                                         r"set has no validation windows"):
+        check_selectable(cfg)
+    (tmp_path / "03_mix" / "finetune" / "val" / "index.json").write_text(json.dumps({"n_windows": 3}))
+    check_selectable(cfg)
     out = cfg.run_dir / "05_train"
     root = out / "checkpoints"
     for step, phase, val in ((20, "pretrain", 3.0), (40, "pretrain", 2.9), (41, "finetune", 2.5),

@@ -60,8 +60,10 @@ def prepare(cfg: Config, out: Path) -> dict[str, Path]:
     """Write what the launched processes read: the resolved config (absolute output root)
     and the DeepSpeed JSON; with a finetune, first check that stage 03 packed its set."""
     from phi_lib.train.phases import finetune_data
+    from phi_lib.train.select import check_selectable
 
     ft = finetune_data(cfg) if cfg.train.finetune.enabled else None
+    check_selectable(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"config": write_config(cfg, out)[0], "deepspeed": out / "ds_config.json"}
@@ -167,6 +169,7 @@ def launch(cfg: Config, out: Path, on_line: Optional[Callable[[str], None]] = pr
     `TrainError` if it fails (`StaleArtifact`, before anything starts, if the newest
     checkpoint was made with another config). `on_tick` is called every `tick_s` (live plots)."""
     from phi_lib.train.fingerprint import check_resume
+    from phi_lib.train.select import check_selectable
 
     out = Path(out)
     tc = cfg.train
@@ -176,6 +179,7 @@ def launch(cfg: Config, out: Path, on_line: Optional[Callable[[str], None]] = pr
     if tc.num_nodes > 1:
         check_hosts(read_hostfile(_hostfile(cfg)))
     _, resume = check_resume(cfg, out)
+    check_selectable(cfg)
     out.mkdir(parents=True, exist_ok=True)
     _, config_digest = write_config(cfg, out)  # always the current config, never a stale file
     shutil.rmtree(out / ERRORS_DIR, ignore_errors=True)

@@ -42,6 +42,21 @@ def best(rows: list[dict], select_by: str) -> Optional[dict]:
     return min(scored, key=lambda r: (r[select_by], r["step"])) if scored else None
 
 
+def check_selectable(cfg: Config) -> None:
+    """Before training: `select_by: val_loss` needs validation windows of the finetune set."""
+    from phi_lib.packed import FINETUNE_DIR, read_index
+    from phi_lib.stages import STAGES
+
+    ft = cfg.train.finetune
+    if not (ft.enabled and ft.select_by == "val_loss"):
+        return
+    folder = STAGES["03"].dir(cfg) / FINETUNE_DIR / "val"
+    if not (read_index(folder) or {}).get("n_windows"):
+        raise ValueError(f"train.finetune.select_by=val_loss: the finetune set has no validation "
+                         f"windows ({folder}); set train.finetune.select_by=last, or raise "
+                         f"mix.val_fraction so that stage 03 holds some of its documents out")
+
+
 def protected_steps(cfg: Config, out: Path) -> tuple[int, ...]:
     """Steps `keep_last` must not prune: the finetune's start and its best checkpoint so far."""
     if not cfg.train.finetune.enabled:

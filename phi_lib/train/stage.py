@@ -16,10 +16,11 @@ made, so the manifest never carries a config that did not produce its numbers.
 """
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable, Optional
 
-from phi_lib.provenance import StaleArtifact, stale_message
+from phi_lib.provenance import MODEL_FILES, StaleArtifact, stale_message
 from phi_lib.stage_base import BaseStage
 from phi_lib.trained import write_selected
 from phi_lib.train import checkpoint as ckpt
@@ -36,8 +37,11 @@ class TrainStage(BaseStage):
 
     def __init__(self, cfg, out: Optional[Path] = None):
         super().__init__(cfg, out)
-        if cfg.train.init_from:
-            self.inputs["init_from"] = Path(cfg.train.init_from)
+        if cfg.train.init_from:  # a model read as data: its weights, config, tokenizer
+            init = Path(cfg.train.init_from)
+            files = [f for f in sorted(init.iterdir()) if f.is_file() and any(
+                fnmatch(f.name, pat) for pat in MODEL_FILES)] if init.is_dir() else [init]
+            self.inputs.update({f"init_from/{f.name}": f for f in files})
 
     # ------------------------------------------------------------------ steps
     def prepare(self) -> dict[str, Path]:
