@@ -54,8 +54,9 @@ def test_changed_lr_stops_force_retrains_a_kill_9_resumes_and_stage_06_follows(s
     rerun = smoke_copy
     out = rerun.run_dir / "05_train"
     before, untouched = snapshot(out), snapshot(out, skip=())
-    old_lrs = {r["lr"] for r in read_metrics(out / "metrics.jsonl")}
-    assert max(old_lrs) == pytest.approx(1e-3)
+    smoke = [(r["step"], r["lr"]) for r in read_metrics(out / "metrics.jsonl") if "lr" in r]
+    assert smoke == [(s, pytest.approx(lr_at(s - 1, schedule="linear", lr=1e-3, warmup_steps=5,
+                                             max_steps=40))) for s in range(5, 41, 5)]
 
     # operational knobs: stage 05 is current, nothing is recomputed
     res = rerun(["05"], {"train.log_every": "7", "train.tensorboard": "false"})
