@@ -175,30 +175,31 @@ def test_a_continuation_resumes_and_a_kill_9_in_it_stays_bit_exact(tiny_mix, tmp
     is what a longer run would have trained); killed midway and resumed, it equals an
     uninterrupted run of the new length. The resume reads the current config file, not the
     stale one an earlier prepare() left."""
-    const = dict(schedule="constant", warmup_steps=2, save_every=2, eval_every=2, keep_last=5)
+    const = dict(schedule="constant", warmup_steps=2, save_every=2, eval_every=2, keep_last=5,
+                 max_steps=6)
     full = train_config(tmp_path, tiny_mix, "full", **const)
     Trainer(full, full.run_dir / "05_train").run()
-    short = train_config(tmp_path, tiny_mix, "grown", max_steps=4, **const)
+    short = train_config(tmp_path, tiny_mix, "grown", **{**const, "max_steps": 2})
     out = short.run_dir / "05_train"
     Trainer(short, out).run()
     grown = train_config(tmp_path, tiny_mix, "grown", **const)
-    kill_at(grown, out, 6)
-    assert not (out / "checkpoints" / "step-8").exists(), "killed too late to test a resume"
-    prepare(short, out)  # a stale train_config.yaml (max_steps 4) from an earlier prepare
+    kill_at(grown, out, 4)
+    assert not (out / "checkpoints" / "step-6").exists(), "killed too late to test a resume"
+    prepare(short, out)  # a stale train_config.yaml (max_steps 2) from an earlier prepare
     result = launch(grown, out, on_line=None)
-    assert "resumed from step-6" in (out / "train.log").read_text()
-    assert yaml.safe_load((out / "train_config.yaml").read_text())["train"]["max_steps"] == 8
+    assert "resumed from step-4" in (out / "train.log").read_text()
+    assert yaml.safe_load((out / "train_config.yaml").read_text())["train"]["max_steps"] == 6
     assert result.config_digest == file_digest(out / "train_config.yaml") == \
-        ckpt.read_state(out / "checkpoints" / "step-8")["config_digest"]
-    assert result.resumed_from == 6
+        ckpt.read_state(out / "checkpoints" / "step-6")["config_digest"]
+    assert result.resumed_from == 4
     ref = read_metrics(full.run_dir / "05_train" / "metrics.jsonl")
     got = read_metrics(out / "metrics.jsonl")
-    assert [r["step"] for r in got] == list(range(1, 9))  # the killed run's extra rows dropped
+    assert [r["step"] for r in got] == list(range(1, 7))  # the killed run's extra rows dropped
     for key in ("train_loss", "val_loss", "grad_norm", "lr"):
         assert [r.get(key) for r in got] == [r.get(key) for r in ref], key
     assert {r["lr"] for r in got[2:]} == {grown.train.lr}  # the config's lr, after the warmup
-    a = ckpt.load_weights(full.run_dir / "05_train" / "checkpoints" / "step-8")
-    b = ckpt.load_weights(out / "checkpoints" / "step-8")
+    a = ckpt.load_weights(full.run_dir / "05_train" / "checkpoints" / "step-6")
+    b = ckpt.load_weights(out / "checkpoints" / "step-6")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -35,19 +35,33 @@ def snapshot(folder: Path, skip=("executed.ipynb", "stage.json")) -> dict:
             if f.is_file() and f.name not in skip}
 
 
-def kill_tree(proc: subprocess.Popen) -> None:
-    """kill -9 the runner, its kernel and the training process (each in its own session)."""
-    import psutil
-
-    tree = psutil.Process(proc.pid).children(recursive=True)
-    for p in reversed(tree):  # the training process first: nothing more is written
+def descendants(pid: int) -> list[int]:
+    """Every process under `pid` (from /proc: the kernel and the training process each start
+    their own session, so a process group does not hold them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """kill -9 the runner, its kernel and the training process, as a crash would."""
+    for pid in reversed(descendants(proc.pid)):  # the training process first
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    psutil.wait_procs(tree, timeout=30)
 
 
 def test_changed_lr_stops_force_retrains_a_kill_9_resumes_and_stage_06_follows(smoke_copy):
