@@ -37,10 +37,6 @@ from phi_lib.stages import STAGES
 from phi_lib.train import checkpoint as ckpt
 from phi_lib.train.phases import Phase, plan_phases
 
-NOT_IN_FINGERPRINT = ("train.keep_last", "train.finetune.select_by")
-"""Result-affecting for the stage (its outputs), but not for any checkpoint or metrics row."""
-
-
 def packed_identity(mix_dir: Path) -> str:
     """Identity of a packed mixture's splits: content digests of each split's index (shards,
     windows, seq_len, eos) and document starts, and the shards' sizes. Cheap at any scale (the
@@ -62,8 +58,8 @@ def phase_fingerprint(cfg: Config, phase: str) -> Fingerprint:
     """The fingerprint a checkpoint of `phase` (`pretrain` or `finetune`) carries."""
     train = results_view(cfg.train)
     finetune = train.pop("finetune")
-    train.pop("keep_last")  # NOT_IN_FINGERPRINT
-    finetune.pop("select_by")
+    train.pop("keep_last")  # which checkpoints stay on disk, not what any of them is
+    finetune.pop("select_by")  # which one stages 06/07 use
     mix = STAGES["03"].dir(cfg)
     init = cfg.train.init_from
     inputs = {"data": packed_identity(mix), "init_from": model_identity(init) if init else None}
