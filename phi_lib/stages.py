@@ -106,7 +106,7 @@ STAGES: dict[str, Stage] = {s.number: s for s in (
           ("train/*", "val/*", "finetune/*", "mix.json")),
     Stage("04", "model", ("model",), (), ("config.json",)),
     Stage("05", "train", ("train",), ("03", "04"),
-          ("checkpoints/*/config.json", "checkpoints/*/*.safetensors")),
+          ("checkpoints/*/config.json", "checkpoints/*/*.safetensors", "selected.json")),
     Stage("06", "evaluate", ("evaluate",), ("05",), ("results.json",)),
     Stage("07", "toxicity", ("toxicity",), ("05",), ("results.json",)),
 )}

@@ -60,8 +60,11 @@ def test_phi_1_recipe_and_finetune():
     # stage 03 packs CodeExercises; its budget is what the finetune consumes (6K x 256 x 2048)
     assert cfg.mix.finetune.source == "01_synthesize/code_exercises"
     assert cfg.mix.finetune.total_tokens == 6000 * 256 * 2048
+    # phi-1 is a finetune of phi-1-base, the 24K-step checkpoint of the 36K-step run
+    assert (t.max_steps, t.stop_at, f.from_step, f.select_by) == (36000, 24000, 24000, "val_loss")
     base = load(project_root() / "params/phi-1-base.yaml")
-    assert base.train.max_steps == 24000 and not base.train.finetune.enabled
+    assert (base.train.max_steps, base.train.stop_at) == (36000, 24000)
+    assert not base.train.finetune.enabled
     assert base.mix.finetune.source is None
     assert load(project_root() / "params/phi-1-small.yaml").model.preset == "phi-1-small"
 
