@@ -99,7 +99,7 @@ class EvalStage(BaseStage):
         import pandas as pd
 
         rows = []
-        for task in self.runs()[self.cfg.evaluate.model]["results"]:
+        for task in read_json(self.out / "results.json")["results"]:
             with open(self.out / "samples" / f"{task}.jsonl", encoding="utf-8") as f:
                 lines = [line for _, line in zip(range(per_task), f)]
             for line in lines:
