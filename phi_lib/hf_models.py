@@ -159,6 +159,12 @@ def pick_dtype(dtype: str, device: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def effective_dtype(dtype: str, device: str = "auto") -> str:
+    """The dtype a model is loaded in (`auto` resolved on this machine): what a result's
+    fingerprint records, as `auto` means bfloat16 on a GPU and float32 on a CPU."""
+    return str(pick_dtype(dtype, pick_device(device))).removeprefix("torch.")
+
+
 def load_causal_lm(name: str, *, device: str = "auto", dtype: str = "auto",
                    run_dir: Optional[Union[str, Path]] = None, data_dir: Optional[str] = None):
     """(model, tokenizer) for any workbook model name, in eval mode on `device`.

@@ -127,7 +127,7 @@ def test_task_fingerprints_cover_each_setting_where_it_matters():
     numbers depend on it, and of no other; operational fields change none; no field is left
     out (a new field must be placed)."""
     tasks = ["arc_easy", "mmlu", "humaneval", "squad", "gsm8k"]
-    base = EvaluateConfig(temperature=0.5, n_samples=2, pass_k=[1, 2])
+    base = EvaluateConfig(temperature=0.5, n_samples=2, pass_k=[1, 2], dtype="float32")
     keys = {t: task_fingerprint(t, base, "model-a").key for t in tasks}
     flips = {"limit": 7, "dtype": "bfloat16", "mmlu_shots": 5, "gsm8k_mode": "cot",
              "n_samples": 3, "pass_k": [1], "temperature": 0.7, "max_new_tokens": 9,
@@ -143,6 +143,8 @@ def test_task_fingerprints_cover_each_setting_where_it_matters():
         changed = [t for t in tasks if task_fingerprint(t, cfg, "model-a").key != keys[t]]
         assert changed == (expected.get(name, []) if not is_operational(fields[name]) else []), name
     assert all(task_fingerprint(t, base, "model-b").key != keys[t] for t in tasks)
+    # `auto` is recorded as loaded: float32 on a CPU (bfloat16 on a GPU)
+    assert task_settings(EvaluateConfig(device="cpu"), "arc_easy")["dtype"] == "float32"
     # gsm8k via chain of thought writes no program: n_samples/pass_k do not apply
     cot = dataclasses.replace(base, gsm8k_mode="cot")
     assert "n_samples" not in task_settings(cot, "gsm8k") and "n_samples" in task_settings(base, "gsm8k")

@@ -43,7 +43,8 @@ SELECTION = ("model", "reference_models", "tasks")
 
 def task_settings(cfg: EvaluateConfig, task: str) -> dict:
     """The result-affecting `evaluate` settings the numbers of `task` depend on (operational
-    ones, like `batch_size`, never): a change to another task's setting reruns only that task."""
+    ones, like `batch_size`, never; `dtype` as loaded, `auto` resolved): a change to another
+    task's setting reruns only that task."""
     names = ["limit", "dtype"]
     if task == "mmlu":
         names.append("mmlu_shots")
@@ -51,7 +52,9 @@ def task_settings(cfg: EvaluateConfig, task: str) -> dict:
         names += ["temperature", "max_new_tokens"] + (["gsm8k_mode"] if task == "gsm8k" else [])
         if SPECS["gsm8k_cot" if task == "gsm8k" and cfg.gsm8k_mode == "cot" else task].program:
             names += ["n_samples", "pass_k"]  # sampled programs, graded by pass@k
-    view = results_view(cfg)
+    from phi_lib.hf_models import effective_dtype
+
+    view = {**results_view(cfg), "dtype": effective_dtype(cfg.dtype, cfg.device)}
     return {k: view[k] for k in names}
 
 

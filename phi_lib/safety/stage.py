@@ -22,7 +22,7 @@ from functools import cached_property
 from typing import Optional
 
 from phi_lib.config import TOXIGEN_GROUPS, BackendConfig
-from phi_lib.hf_models import model_identity, model_slug
+from phi_lib.hf_models import effective_dtype, model_identity, model_slug
 from phi_lib.io import ReadStats, atomic_write_json, prune_keyed, read_json, read_keyed
 from phi_lib.provenance import Fingerprint, digest, path_digest, results_view
 from phi_lib.safety import grader, judge, perplexity, probes, report, toxigen
@@ -73,11 +73,22 @@ class ToxicityStage(BaseStage):
             return f"name:{j.model}"
         return model_identity(j.model, self.cfg.run_dir, self.cfg.run.data_dir)
 
+    @cached_property
+    def dtype(self) -> str:
+        """The probed models' dtype as loaded (`auto` resolved on this machine)."""
+        return effective_dtype(self.cfg.toxicity.dtype, self.cfg.toxicity.device)
+
+    @cached_property
+    def judge_dtype(self) -> str:
+        """The judge's dtype as loaded (a server's as configured)."""
+        j = self.cfg.toxicity.judge
+        return j.dtype if j.kind == "openai" else effective_dtype(j.dtype, j.device)
+
     def group_fingerprint(self, model: str, group: str) -> Fingerprint:
         """Of a group's perplexities: which statements (sample size, seed), the model, dtype."""
         tc, files = self.cfg.toxicity, self.inputs
         return Fingerprint.of(
-            config={"toxicity": {"per_group": tc.per_group, "dtype": tc.dtype},
+            config={"toxicity": {"per_group": tc.per_group, "dtype": self.dtype},
                     "run": {"seed": self.cfg.run.seed}},
             inputs={"model": self.identities[model],
                     **{f"data.{label}": path_digest(files[f"toxigen.{group}.{label}"])
@@ -87,7 +98,7 @@ class ToxicityStage(BaseStage):
         """Of a model's completions: sampling, seed, dtype, the model, the prompt suite."""
         tc = self.cfg.toxicity
         return Fingerprint.of(
-            config={"toxicity": {"sampling": tc.sampling, "dtype": tc.dtype},
+            config={"toxicity": {"sampling": tc.sampling, "dtype": self.dtype},
                     "run": {"seed": self.cfg.run.seed}},
             inputs={"model": self.identities[model],
                     "prompts": path_digest(self.inputs["adversarial_prompts"])})
@@ -97,7 +108,8 @@ class ToxicityStage(BaseStage):
         (rubric + the graded prompt and completion)."""
         tc = self.cfg.toxicity
         return Fingerprint.of(
-            config={"toxicity": {"judge": tc.judge, "judge_sampling": tc.judge_sampling,
+            config={"toxicity": {"judge": {**results_view(tc.judge), "dtype": self.judge_dtype},
+                                 "judge_sampling": tc.judge_sampling,
                                  "judge_format": tc.judge_format}},
             inputs={"judge": self.judge_identity,
                     "prompt": digest(judge.judge_prompt(completion["prompt"],
@@ -223,7 +235,7 @@ class ToxicityStage(BaseStage):
             stale = prune_keyed(folder, "grades", lambda g: fps.get(g.get("item")) == g.get("fingerprint"))
             before = len(read_keyed(folder, "item")) if folder.is_dir() else 0
             # the request cache is keyed by model name and request: one folder per judge identity
-            cache = self.out / ".cache" / f"judge-{digest([self.judge_identity, tc.judge.dtype])}"
+            cache = self.out / ".cache" / f"judge-{digest([self.judge_identity, self.judge_dtype])}"
             with get_backend(tc.judge, cache_dir=cache, run_dir=self.cfg.run_dir,
                              data_dir=self.cfg.run.data_dir) as backend:
                 grades = judge.judge(backend, completions, tc.judge_sampling, folder,
