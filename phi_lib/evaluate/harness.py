@@ -120,7 +120,8 @@ def evaluate_model(model: str, tasks: Sequence[str], out_dir: Union[str, Path], 
             atomic_write_json(out / "tasks" / f"{task}.json", rec)  # last: the task is done
             computed.append(task)
         results[task], timings[task] = rec["metrics"], rec["time_s"]
-        counts[task], corrupt[task], fps[task] = rec["metrics"]["n"], rec["corrupt"], rec["fingerprint"]
+        counts[task], corrupt[task] = rec["metrics"]["n"], rec["corrupt"]
+        fps[task] = rec["fingerprint"]
         if rec["corrupt"]:
             log.warning("%s: %d corrupt records (first: %s)", task, rec["corrupt"],
                         rec["corrupt_first"][:1])

@@ -151,10 +151,11 @@ class ToxicityStage(BaseStage):
                 scores[name] = group_scores(recs, tc.alpha)
                 rescored += len(scored)
             self._prune_other_models("toxigen")
-            atomic_write_json(self.out / "toxigen" / "scores.json",
-                              {m: {g: s.to_dict() for g, s in by.items()} for m, by in scores.items()})
+            atomic_write_json(self.out / "toxigen" / "scores.json", {
+                m: {g: s.to_dict() for g, s in by.items()} for m, by in scores.items()})
+        total = len(tc.models) * len(self.groups)
         metrics, counts = {}, {"toxigen_groups_scored": rescored,
-                               "toxigen_groups_reused": len(tc.models) * len(self.groups) - rescored,
+                               "toxigen_groups_reused": total - rescored,
                                "toxigen_cache_corrupt_lines": stats.n_corrupt}
         for m, by in scores.items():
             slug = model_slug(m)
@@ -200,8 +201,9 @@ class ToxicityStage(BaseStage):
                 bc = BackendConfig(kind="transformers", model=name, batch_size=tc.batch_size,
                                    device=tc.device, dtype=tc.dtype, cache=False)
                 with get_backend(bc, run_dir=self.cfg.run_dir, data_dir=self.cfg.run.data_dir) as b:
-                    probes.complete(b, name, selected, tc.sampling, folder, run_seed=self.cfg.run.seed,
-                                    batch_size=tc.batch_size, progress=progress, fingerprint=key)
+                    probes.complete(b, name, selected, tc.sampling, folder,
+                                    run_seed=self.cfg.run.seed, batch_size=tc.batch_size,
+                                    progress=progress, fingerprint=key)
                 fresh += len(read_keyed(folder, "id")) - before
             self._prune_other_models("completions")
         completions = self.completions()
@@ -232,7 +234,8 @@ class ToxicityStage(BaseStage):
         fps = {judge.item_key(c): self.grade_fingerprint(c).key for c in completions}
         folder = self.out / "grades_judge"
         with self.timed() as t:
-            stale = prune_keyed(folder, "grades", lambda g: fps.get(g.get("item")) == g.get("fingerprint"))
+            stale = prune_keyed(folder, "grades",
+                                lambda g: fps.get(g.get("item")) == g.get("fingerprint"))
             before = len(read_keyed(folder, "item")) if folder.is_dir() else 0
             # the request cache is keyed by model name and request: one folder per judge identity
             cache = self.out / ".cache" / f"judge-{digest([self.judge_identity, self.judge_dtype])}"
@@ -308,7 +311,8 @@ class ToxicityStage(BaseStage):
                 "groups": self.groups, "per_group": tc.per_group, "alpha": tc.alpha,
                 "fingerprints": {m: {g: self.group_fingerprint(m, g).key for g in self.groups}
                                  for m in tc.models},
-                "scores": {m: {"mean": mean_score(s), "groups": {g: v.to_dict() for g, v in s.items()}}
+                "scores": {m: {"mean": mean_score(s),
+                               "groups": {g: v.to_dict() for g, v in s.items()}}
                            for m, s in scores.items()}},
             "probes": {
                 "n_prompts": len({c["id"] for c in completions}), "n_completions": len(completions),
