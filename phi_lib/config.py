@@ -751,7 +751,8 @@ class EvaluateConfig:
     gsm8k_mode: str = "code"
     """`code` (zero-shot via coding, phi-1.5) or `cot` (few-shot chain of thought)."""
     n_samples: int = 1
-    """Samples per problem for HumanEval/MBPP (pass@k needs n >= k)."""
+    """Samples per problem for HumanEval/MBPP/GSM8K-via-code (pass@k needs n >= k; n > 1 needs
+    `temperature` > 0, else the samples are copies)."""
     pass_k: list[int] = field(default_factory=lambda: [1])
     """k values of pass@k."""
     temperature: float = 0.0
@@ -779,6 +780,11 @@ class EvaluateConfig:
         _non_negative("mmlu_shots", self.mmlu_shots)
         _one_of("gsm8k_mode", self.gsm8k_mode, ("code", "cot"))
         _positive("n_samples", self.n_samples)
+        if self.n_samples > 1 and self.temperature == 0:
+            _fail("n_samples", f"{self.n_samples} samples per problem at temperature 0 are "
+                  f"{self.n_samples} copies of the greedy completion, so pass@k would be pass@1: "
+                  f"set evaluate.temperature > 0 (Codex: 0.2 for pass@1, 0.8 for pass@100) or "
+                  f"n_samples: 1")
         for k in self.pass_k:
             if not 1 <= k <= self.n_samples:
                 _fail("pass_k", f"k={k} needs 1 <= k <= n_samples ({self.n_samples})")

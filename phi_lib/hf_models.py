@@ -10,7 +10,6 @@ the cache (env ``PHI_CACHE``, default ``~/.cache/phi_workbook``) and reloaded fr
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -48,15 +47,46 @@ def model_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip("/")).strip("_")[-80:] or "model"
 
 
-def model_identity(name: str, run_dir: Optional[Union[str, Path]] = None) -> str:
-    """A short hash of what `name` points at now: the resolved path and, for a local dir, its
-    files' sizes and times, so `checkpoint` after retraining is a different model."""
-    target = resolve_model(name, run_dir)
-    parts = [target]
-    if Path(target).is_dir():
-        parts += [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
-                  for f in sorted(Path(target).iterdir()) if f.is_file()]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+def model_source(name: str, run_dir: Optional[Union[str, Path]] = None) -> Optional[Path]:
+    """The file or folder holding model `name` now (None for a hub name): for `checkpoint` the
+    checkpoint stage 05 selected (phi_lib.trained), for `smollm2` the GGUF file, else the local path."""
+    if name == "checkpoint":
+        if run_dir is None:
+            raise ValueError("model 'checkpoint' needs the run folder to find stage 05's output")
+        return selected_checkpoint(run_dir)
+    if name == "smollm2":
+        return smollm2_gguf()
+    path = Path(name).expanduser()
+    if path.exists():
+        return path.resolve()
+    if name.endswith(".gguf"):
+        raise FileNotFoundError(f"GGUF file {name!r} not found")
+    return None
+
+
+def model_identity(name: str, run_dir: Optional[Union[str, Path]] = None,
+                   data_dir: Optional[str] = None) -> str:
+    """Content identity of what `name` points at now (`phi_lib.provenance.model_identity`:
+    weights, config and tokenizer files), so `checkpoint` after retraining is another model
+    whatever its path, step or file times; a folder without a tokenizer (our checkpoints)
+    adds the digest of the data folder's tokenizer it is loaded with. A hub name is its name."""
+    from phi_lib.provenance import model_identity as identity, path_digest
+
+    source = model_source(name, run_dir)
+    ident = identity(source, name)
+    tok = _data_tokenizer(source, data_dir) if source is not None and source.is_dir() else None
+    return f"{ident}+tok:{path_digest(tok)}" if tok is not None else ident
+
+
+def _data_tokenizer(folder: Path, data_dir: Optional[str]) -> Optional[Path]:
+    """The data folder's codegen tokenizer when `folder` has no tokenizer of its own (the phi
+    models use it), else None."""
+    if any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    from phi_lib.paths import resolve
+
+    return resolve("tokenizers/codegen-350M-mono", hub="Salesforce/codegen-350M-mono",
+                   hub_loader=lambda h: h, configured=data_dir)
 
 
 def content_identity(name: str, run_dir: Optional[Union[str, Path]] = None) -> str:
@@ -76,20 +106,16 @@ def content_identity(name: str, run_dir: Optional[Union[str, Path]] = None) -> s
 
 def resolve_model(name: str, run_dir: Optional[Union[str, Path]] = None) -> str:
     """Turn a workbook model name into something `from_pretrained` takes (a dir or hub name)."""
-    if name == "checkpoint":
-        if run_dir is None:
-            raise ValueError("model 'checkpoint' needs the run folder to find stage 05's output")
-        return str(selected_checkpoint(run_dir))
     if name == "smollm2":
         return str(_dequantized(smollm2_gguf(), "smollm2-135m-instruct"))
-    if name.endswith(".gguf"):
-        path = Path(name).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"GGUF file {name!r} not found")
-        st = path.stat()
-        key = hashlib.sha256(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-        return str(_dequantized(path, f"{path.stem}-{key}"))
-    return name
+    source = model_source(name, run_dir)
+    if source is None:
+        return name
+    if source.suffix == ".gguf" and source.is_file():
+        from phi_lib.provenance import file_digest
+
+        return str(_dequantized(source, f"{source.stem}-{file_digest(source)[:12]}"))  # by content
+    return str(source)
 
 
 def _dequantized(gguf: Path, key: str) -> Path:
@@ -136,6 +162,12 @@ def pick_dtype(dtype: str, device: str):
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def effective_dtype(dtype: str, device: str = "auto") -> str:
+    """The dtype a model is loaded in (`auto` resolved on this machine): what a result's
+    fingerprint records, as `auto` means bfloat16 on a GPU and float32 on a CPU."""
+    return str(pick_dtype(dtype, pick_device(device))).removeprefix("torch.")
 
 
 def load_causal_lm(name: str, *, device: str = "auto", dtype: str = "auto",

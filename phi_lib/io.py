@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 PathLike = Union[str, Path]
 
@@ -298,6 +298,26 @@ class ShardedJsonlWriter:
                              encoding="utf-8") as f:
                 for rec in recs:
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def prune_keyed(folder: PathLike, prefix: str, keep: Callable[[dict], bool]) -> int:
+    """Remove the records of a `ShardedJsonlWriter` folder that `keep` rejects (stale ones),
+    rewriting each affected shard atomically; a `.partial` left by a killed writer is sealed
+    first. An emptied shard stays as an empty file, so the writer's numbering holds. Returns
+    how many records were removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for shard in ShardedJsonlWriter(folder, prefix).shards():  # opening seals a .partial
+        recs = list(read_jsonl(shard))
+        kept = [r for r in recs if keep(r)]
+        if len(kept) < len(recs):
+            with atomic_open(shard, "w", encoding="utf-8") as f:
+                for rec in kept:
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            removed += len(recs) - len(kept)
+    return removed
 
 
 # ----------------------------------------------------------------------------- manifest
