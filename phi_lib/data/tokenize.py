@@ -36,7 +36,8 @@ import numpy as np
 from phi_lib.data.sources import Source
 from phi_lib.io import ReadStats, atomic_write_json, read_json
 from phi_lib.packed import token_dtype  # the cache holds the ids the packed shards hold
-from phi_lib.provenance import Fingerprint, is_current, model_identity
+from phi_lib.data.tokenizer import tokenizer_identity  # noqa: F401 - part of a cache key
+from phi_lib.provenance import Fingerprint, is_current
 
 CACHE_VERSION = 2
 EOS_RULE = "no EOS in the cache; packing appends the tokenizer's EOS after every document"
@@ -148,14 +149,6 @@ def vocab_dtype(tokenizer: str, data_dir: Optional[str] = None) -> np.dtype:
     from phi_lib.data.tokenizer import load_tokenizer
 
     return token_dtype(len(load_tokenizer(tokenizer, data_dir=data_dir)))
-
-
-def tokenizer_identity(name: str, data_dir: Optional[str] = None) -> str:
-    """Content digest of the tokenizer files `name` loads (the hub name for a hub tokenizer)."""
-    from phi_lib.data.tokenizer import load_tokenizer
-
-    src = load_tokenizer(name, data_dir=data_dir).source
-    return f"name:{src[4:]}" if src.startswith("hub:") else model_identity(src)
 
 
 # ----------------------------------------------------------------------------- reading

@@ -304,3 +304,11 @@ def _as_int_list(ids) -> list[int]:
     if hasattr(ids, "tolist"):  # numpy arrays and torch tensors
         ids = ids.tolist()
     return [int(i) for i in ids]
+
+
+def tokenizer_identity(name: str, data_dir: Optional[str] = None) -> str:
+    """Content digest of the tokenizer files `name` loads (the hub name for a hub tokenizer)."""
+    from phi_lib.provenance import model_identity
+
+    src = load_tokenizer(name, data_dir=data_dir).source
+    return f"name:{src[4:]}" if src.startswith("hub:") else model_identity(src)

@@ -194,7 +194,7 @@ class ModelStage(BaseStage):
         return Fingerprint.of(config={**fp.config, "planner": planner}, inputs=fp.inputs)
 
     def _samples_fingerprint(self) -> Fingerprint:
-        from phi_lib.data.tokenize import tokenizer_identity
+        from phi_lib.data.tokenizer import tokenizer_identity
 
         fp = self.fingerprint
         samples = {"prompts": list(self.mc.sample_prompts), "max_new_tokens": self.mc.sample_max_new_tokens}
