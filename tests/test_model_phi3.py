@@ -199,7 +199,7 @@ def test_model_stage_on_the_128k_preset(tmp_path):
     cfg = load({"model": {"preset": "phi-3-mini-128k", "gpus": 8, "sample_max_new_tokens": 4}})
     assert cfg.model.tokenizer == "phi-3-mini"
     stage = ModelStage(cfg, tmp_path)
-    assert stage.param_table().data.loc["total", "parameters"] == 3_821_079_552
+    assert stage.params().data.loc["total", "parameters"] == 3_821_079_552
     summary = stage.summary()["value"]
     assert summary["rotary"] == "longrope (from 4096)" and summary["tokenizer"] == "phi-3-mini"
     report = stage.parity()
