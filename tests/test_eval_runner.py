@@ -21,7 +21,7 @@ from phi_lib.safety.stage import ToxicityStage
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = {"train.max_steps": 5}  # the retrained run: fewer steps than the smoke's 40 (cheap)
+STEPS = {"train.max_steps": 10}  # the retrained run: fewer steps than the smoke's 40
 
 
 def _mtimes(folder: Path, skip=("manifest.json", "stage.json")) -> dict[str, int]:
