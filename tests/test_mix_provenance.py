@@ -280,5 +280,5 @@ def test_mix_killed_during_tokenization_after_a_change_resumes_without_mixing(sm
         index = read_index(mix / split)
         assert index["fingerprint"]["key"] == key and sorted(_shards(mix / split)) == index["shards"]
     man = read_json(mix / "manifest.json")
-    assert man["config"]["mix"]["tokenizer"] == "gpt2" and man["counts"]["textbooks/docs"] > 0
+    assert man["config"]["model.tokenizer"] == "gpt2" and man["counts"]["textbooks/docs"] > 0
     assert read_json(mix / "mix.json")["vocab_size"] == len(tok)

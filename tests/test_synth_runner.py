@@ -48,7 +48,7 @@ def flipped(value):
         return value + 1
     if isinstance(value, list):
         return ["http://127.0.0.1:9/v1"]
-    return {"auto": "cpu"}.get(value, f"{value}_X")
+    return {"auto": "cpu", "strict": "standard"}.get(value, f"{value}_X")
 
 
 def test_operational_knobs_rerun_nothing(smoke_copy):

@@ -78,7 +78,7 @@ def test_changed_lr_stops_force_retrains_a_kill_9_resumes_and_stage_06_follows(s
     assert snapshot(out, skip=()) == untouched  # not even the executed notebook
 
     # the command: it stops before any work, naming the key and the ways out
-    with pytest.raises(StageFailed, match=r"StaleArtifact: checkpoint step-40 in .*checkpoints "
+    with pytest.raises(StageFailed, match=r"stage 05_train: checkpoint step-40 in .*checkpoints "
                        r"was made with a different config \(train\.lr changed\): keep it by "
                        r"giving this config a new `run.name`, or discard it .* --force"):
         rerun(["05", "06"], {"train.lr": "3e-3"})
