@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from phi_lib.model.phi3_small_config import PRESETS as SMALL_PRESETS
+
 ARCHS = ("phi", "phi3")
 """`phi`: phi-1/1.5/2 (parallel attention + MLP over one LayerNorm, partial rotary, gelu,
 biases). `phi3`: phi-3 (Llama-like: RMSNorm, sequential block, SwiGLU, full rotary, no bias)."""
@@ -134,7 +136,7 @@ class PhiConfig:
         `phi-3-mini`, `phi-3-mini-128k`, `phi-3.5-mini`, `phi-3-medium` ...) with field overrides.
         The phi-3-small presets (`phi-3-small`, `phi3-small-tiny`) give a `Phi3SmallConfig`
         (phi_lib/model/phi3_small.py)."""
-        from phi_lib.model.phi3_small import PRESETS as SMALL_PRESETS, Phi3SmallConfig
+        from phi_lib.model.phi3_small_config import Phi3SmallConfig
 
         if name in SMALL_PRESETS:
             return Phi3SmallConfig.from_preset(name, **overrides)
@@ -153,7 +155,12 @@ class PhiConfig:
 
     @classmethod
     def from_model_config(cls, model_cfg) -> "PhiConfig":
-        """From the `model` section of the workbook config (preset + the fields it sets)."""
+        """From the `model` section of the workbook config (preset + the fields it sets); a
+        phi-3-small preset gives a `Phi3SmallConfig` (its fields named as its config.json)."""
+        if model_cfg.preset in SMALL_PRESETS:
+            from phi_lib.model.phi3_small_config import Phi3SmallConfig
+
+            return Phi3SmallConfig.from_model_config(model_cfg)
         return cls.from_preset(model_cfg.preset, attn_implementation=model_cfg.attn_implementation,
                                **model_cfg.overrides())
 
@@ -326,6 +333,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 PRESETS["phi-3-mini-4k"] = PRESETS["phi-3-mini"]
 PRESETS["phi-3-medium-4k"] = PRESETS["phi-3-medium"]
+
+PRESET_NAMES: tuple[str, ...] = (*PRESETS, *SMALL_PRESETS)
+"""Every preset `model.preset` may name: PhiConfig's and Phi3SmallConfig's (`phi-3-small`,
+`phi3-small-tiny`)."""
 
 TOKENIZERS: dict[str, str] = {
     **{name: "codegen-350M-mono" for name in ("phi-tiny", "phi-1-small", "phi-1", "phi-1.5", "phi-2")},
