@@ -77,12 +77,15 @@ class Trainer:
         return values
 
     def build_model(self, init: Optional[Path]):
-        from phi_lib.model import PhiConfig, PhiForCausalLM
+        from phi_lib.model import PhiConfig, build_model
 
         torch.manual_seed(self.cfg.run.seed)  # the same init on every rank and every run
-        model = PhiForCausalLM(PhiConfig.from_model_config(self.cfg.model))
+        model = build_model(PhiConfig.from_model_config(self.cfg.model))  # any family
         if init is not None:
-            model.load_state_dict(ckpt.load_weights(init))
+            state = ckpt.load_weights(init)
+            if model.config.tie_word_embeddings:  # saved once, as the embedding (phi-3-small)
+                state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+            model.load_state_dict(state)
         model.gradient_checkpointing_enable(self.tc.activation_checkpointing)
         return model.to(self.device)
 
