@@ -9,18 +9,19 @@ import torch
 
 from phi_lib.config import load
 from phi_lib.data.tokenizer import load_tokenizer
-from phi_lib.model import PhiConfig, PhiForCausalLM
+from phi_lib.model import PhiConfig, build_model
 from phi_lib.model.planning import fit_training, memory_per_gpu
 from phi_lib.paths import project_root
 from phi_lib.train.launcher import CONFIG_FILE, command, prepare
 
 pytestmark = pytest.mark.unit
-MINI, MEDIUM = 3_821_079_552, 13_960_238_080
+MINI, SMALL, MEDIUM = 3_821_079_552, 7_392_272_384, 13_960_238_080
 RECIPES = {  # file: (published parameters, tokenizer, context, training tokens)
     "phi-2.yaml": (2_779_683_840, "codegen-350M-mono", 2048, 1_400_000_000_000),
     "phi-3-mini.yaml": (MINI, "phi-3-mini", 4096, 3_300_000_000_000),
     "phi-3-mini-128k.yaml": (MINI, "phi-3-mini", 131072, None),
     "phi-3.5-mini.yaml": (MINI, "phi-3-mini", 131072, 3_400_000_000_000),
+    "phi-3-small.yaml": (SMALL, "phi-3-small", 8192, 4_800_000_000_000),
     "phi-3-medium.yaml": (MEDIUM, "phi-3-mini", 4096, 4_800_000_000_000),
     "phi-3-medium-128k.yaml": (MEDIUM, "phi-3-mini", 131072, None),
 }
@@ -36,7 +37,7 @@ def test_recipe_builds_its_published_model(name, tmp_path):
     cfg = recipe(name, tmp_path)
     model_cfg = PhiConfig.from_model_config(cfg.model)
     with torch.device("meta"):
-        assert sum(p.numel() for p in PhiForCausalLM(model_cfg).parameters()) == size
+        assert sum(p.numel() for p in build_model(model_cfg).parameters()) == size
     assert model_cfg.max_position_embeddings == context >= cfg.mix.seq_len
     assert cfg.model.tokenizer == tokenizer and len(load_tokenizer(tokenizer)) <= model_cfg.vocab_size
     if tokens is not None:
@@ -83,3 +84,13 @@ def test_dry_run_writes_deepspeed_config_and_launch_command(name, tmp_path):
     # what the launched ranks read is this very config
     assert load(files["config"]).hash() == cfg.hash()
     assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_phi3_small_adds_multilingual_data_in_both_phases(tmp_path):
+    mix = recipe("phi-3-small.yaml", tmp_path).mix
+    assert [ph.weights["multilingual"] for ph in mix.phases] == [0.1, 0.1]  # "+10% multilingual"
+    # the overall shares are the phases' shares weighted by their token ranges
+    spans = [mix.phases[0].until_tokens, mix.total_tokens - mix.phases[0].until_tokens]
+    for name, source in mix.sources.items():
+        overall = sum(s * ph.weights.get(name, 0.0) for s, ph in zip(spans, mix.phases)) / mix.total_tokens
+        assert abs(source.weight - overall) < 5e-4, name
