@@ -493,6 +493,10 @@ class ModelConfig:
     """Sequences per GPU per forward assumed by the memory planner of notebook 04."""
     plan_seq_len: Optional[int] = operational(None)
     """Sequence length assumed by the planner (FLOPs, activations); empty = the context length."""
+    plan_preset: Optional[str] = operational(None)
+    """Architecture notebook 05's planner projects the full run of (memory, GPU-hours for
+    `train.plan_tokens`); empty = `preset`, or phi-1.5 for the smoke presets (`*-tiny`),
+    which stand in for it."""
     sample_prompts: list[str] = operational(default_factory=lambda: [
         "def print_prime(n):\n    \"\"\"\n    Print all primes between 1 and n\n    \"\"\"\n",
         "Alice was so tired when she got back home so she went"])
@@ -524,12 +528,14 @@ class ModelConfig:
         _positive("plan_micro_batch_size", self.plan_micro_batch_size)
         if self.plan_seq_len is not None:
             _positive("plan_seq_len", self.plan_seq_len)
+        if self.plan_preset is not None:
+            _one_of("plan_preset", self.plan_preset, PRESET_NAMES)
         _positive("sample_max_new_tokens", self.sample_max_new_tokens)
 
     def overrides(self) -> dict[str, Any]:
         """The architecture fields set in the params, to apply over the preset."""
         skip = {"preset", "tokenizer", "attn_implementation", "gpus", "plan_micro_batch_size",
-                "plan_seq_len", "sample_prompts", "sample_max_new_tokens"}
+                "plan_seq_len", "plan_preset", "sample_prompts", "sample_max_new_tokens"}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name not in skip and getattr(self, f.name) is not None}
 

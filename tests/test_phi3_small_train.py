@@ -14,6 +14,7 @@ from phi_lib.train.engines import lm_loss
 from phi_lib.train.launcher import prepare
 from phi_lib.train.loop import Trainer
 from phi_lib.train.metrics import read_metrics
+from phi_lib.train.summary import summarize
 from test_train_fixtures import build_tiny_mix, train_config
 
 pytestmark = pytest.mark.slow
@@ -49,6 +50,7 @@ def test_phi3_small_tiny_trains_and_its_checkpoint_reloads(small_mix, tmp_path):
     Trainer(cfg, out).run()
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records if "train_loss" in r] == [1, 2, 3, 4]
+    assert summarize(out)["mfu_device"] == "cpu"  # the planner counts this MFU on CPUs only
     logged_val = next(r["val_loss"] for r in records if r["step"] == 4 and "val_loss" in r)
 
     val = PackedDataset(small_mix, "val")

@@ -34,7 +34,7 @@ from phi_lib.train.engines import DeepSpeedEngine, PlainEngine
 from phi_lib.train.errors import NonFiniteLoss
 from phi_lib.train.fingerprint import check_resume, phase_fingerprint
 from phi_lib.train.metrics import MetricsLog
-from phi_lib.train.mfu import mfu, peak_tflops
+from phi_lib.train.mfu import device_kind, mfu, peak_tflops
 from phi_lib.train.optim import make_optimizer, set_hyperparameters
 from phi_lib.train.phases import Phase, plan_phases
 from phi_lib.train.schedule import make_scheduler
@@ -207,6 +207,7 @@ class Trainer:
                               "grad_norm": info["grad_norm"], "loss_scale": info["loss_scale"],
                               "skipped_steps": engine.skipped_steps, "tokens": tokens,
                               "tokens_per_s": tps, "mfu": mfu(tps, fpt, peak, self.world),
+                              "device": device_kind(self.device),  # what the MFU holds for
                               "step_time_s": dt / window_steps}
                     window_t0, window_steps = time.perf_counter(), 0
                 save = phase.saves_at(step)
