@@ -217,6 +217,10 @@ class PhiConfig:
         if model_type == "phi3small":
             raise ValueError("config.json: model_type 'phi3small' is Phi-3-small: read it with "
                              "phi_lib.model.phi3_small.Phi3SmallConfig.from_hf_dict")
+        if model_type == "phi3_v":
+            raise ValueError("config.json: model_type 'phi3_v' is Phi-3-vision (a CLIP image encoder "
+                             "and projector around the phi-3-mini text model), which phi_lib.model "
+                             "does not build; its text model alone reads as model_type 'phi3'")
         if model_type not in ARCHS:
             raise ValueError(
                 f"config.json: model_type {model_type!r} is not supported (need 'phi' or 'phi3'; "
