@@ -181,9 +181,7 @@ def test_published_config_json_builds_the_preset_with_its_size(file):
 def test_vision_config_rope_su_reads_as_longrope():
     # Phi-3-vision's text tower names LongRoPE by its older name `su` (model_type phi3_v itself
     # is not a phi3 checkpoint: refused, naming what it is); its rope settings read the same,
-    # and the text tower is phi-3-mini's 3,821,079,552 parameters, as transformers counts them.
-    import transformers
-
+    # and the text tower is phi-3-mini's 3,821,079,552 parameters.
     src = data_path("tokenizers/phi-3-configs/Phi-3-vision-128k-instruct.json")
     if src is None:
         pytest.skip("data folder not available")
@@ -194,13 +192,8 @@ def test_vision_config_rope_su_reads_as_longrope():
     cfg = PhiConfig.from_hf_dict(hf)
     assert cfg.rope_type == "longrope" and cfg.original_max_position_embeddings == 4096
     assert len(cfg.rope_long_factor) == 48 and cfg.rope_long_factor[0] == hf["rope_scaling"]["long_factor"][0]
-    text = {k: v for k, v in hf.items() if k not in ("auto_map", "architectures", "embd_layer",
-                                                      "img_processor", "rope_scaling", "_attn_implementation")}
-    with torch.device("meta"):
-        ours = PhiForCausalLM(cfg)
-        theirs = transformers.Phi3ForCausalLM(transformers.Phi3Config(**text))
-    assert sum(p.numel() for p in ours.parameters()) == 3_821_079_552 == sum(
-        p.numel() for p in theirs.parameters())
+    with torch.device("meta"):  # the count transformers gives the same shapes (test above)
+        assert sum(p.numel() for p in PhiForCausalLM(cfg).parameters()) == 3_821_079_552
 
 
 def test_model_stage_on_the_128k_preset(tmp_path):
