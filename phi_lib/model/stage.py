@@ -1,4 +1,5 @@
-"""Stage 04: build the configured phi architecture and size it, one step per notebook cell:
+"""Stage 04: build the configured architecture (any family: `phi_lib.model.build_model`) and
+size it, one step per notebook cell:
 
     stage = ModelStage(cfg, out)
     stage.summary()          # the architecture; writes config.json (the stage's output)
@@ -7,6 +8,7 @@
     stage.memory()           # memory per GPU by ZeRO stage and precision
     stage.memory_plot()      # memory.png
     stage.parity()           # max |logit difference| to transformers on shared random weights
+                             # (phi-3-small, not in transformers: its flex vs masked kernels)
     stage.samples()          # greedy continuations by the freshly initialized model
     manifest = stage.write_manifest()
 
@@ -131,7 +133,8 @@ class ModelStage(BaseStage):
         return fig
 
     def parity(self) -> dict[str, Any]:
-        """Max |logit difference| to transformers on shared random weights (fp32)."""
+        """Max |logit difference| to transformers on shared random weights (fp32); for
+        phi-3-small between its two block-sparse kernels (`parity.small_parity_check`)."""
         fp = self.fingerprint
         if self.step_current("parity", fp):
             return self.step_stats("parity")["report"]
