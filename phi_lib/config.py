@@ -449,9 +449,11 @@ class ModelConfig:
     """Stage 04: the phi architecture (field names follow `transformers.PhiConfig`)."""
 
     preset: str = "phi-tiny"
-    """Architecture: a key of `phi_lib.model.config.PRESETS`: `phi-tiny`, `phi3-tiny` (smoke),
-    `phi-1-small`, `phi-1`, `phi-1.5`, `phi-2`, `phi-3-mini` (4K), `phi-3-mini-128k`,
-    `phi-3.5-mini`, `phi-3-medium` (4K), `phi-3-medium-128k`."""
+    """Architecture: one of `phi_lib.model.config.PRESET_NAMES`: `phi-tiny`, `phi3-tiny`,
+    `phi3-small-tiny` (smoke), `phi-1-small`, `phi-1`, `phi-1.5`, `phi-2`, `phi-3-mini` (4K),
+    `phi-3-mini-128k`, `phi-3.5-mini`, `phi-3-small` (8K), `phi-3-medium` (4K),
+    `phi-3-medium-128k`. The phi-3-small ones build `Phi3SmallConfig` (the overrides below
+    under its names: `phi_lib.model.phi3_small_config.MODEL_SECTION_FIELDS`)."""
     tokenizer: Optional[str] = None
     """Tokenizer the model is trained and evaluated with: a folder under `tokenizers/` of the
     data folder (`codegen-350M-mono`, `phi-3-mini`, `phi-3-small`), a path or a hub name;
@@ -483,13 +485,18 @@ class ModelConfig:
     attention_dropout: Optional[float] = None
     """Override attention dropout (phi-1 trained with 0.1)."""
     attn_implementation: str = operational("auto")
-    """`auto` (flash-attn 2 on CUDA when installed, else SDPA), `flash_attention_2`, `sdpa`, `eager`."""
+    """`auto` (flash-attn 2 on CUDA when installed, else SDPA), `flash_attention_2`, `sdpa`,
+    `eager`; phi-3-small also `flex` (its block-sparse layers by flex attention)."""
     gpus: int = operational(8)
     """GPU count for the memory planner of notebook 04."""
     plan_micro_batch_size: int = operational(8)
     """Sequences per GPU per forward assumed by the memory planner of notebook 04."""
     plan_seq_len: Optional[int] = operational(None)
     """Sequence length assumed by the planner (FLOPs, activations); empty = the context length."""
+    plan_preset: Optional[str] = operational(None)
+    """Architecture notebook 05's planner projects the full run of (memory, GPU-hours for
+    `train.plan_tokens`); empty = `preset`, or phi-1.5 for the smoke presets (`*-tiny`),
+    which stand in for it."""
     sample_prompts: list[str] = operational(default_factory=lambda: [
         "def print_prime(n):\n    \"\"\"\n    Print all primes between 1 and n\n    \"\"\"\n",
         "Alice was so tired when she got back home so she went"])
@@ -498,13 +505,18 @@ class ModelConfig:
     """New tokens per sample in notebook 04."""
 
     def check(self) -> None:
-        from phi_lib.model.config import PRESETS
+        from phi_lib.model.config import PRESET_NAMES, SMALL_PRESETS
+        from phi_lib.model.phi3_small_config import MODEL_SECTION_FIELDS
 
-        _one_of("preset", self.preset, tuple(PRESETS))
+        _one_of("preset", self.preset, PRESET_NAMES)
         if self.tokenizer is not None and not self.tokenizer.strip():
             _fail("tokenizer", "is empty: name a tokenizer, or leave it unset (null) for the preset's")
+        small = self.preset in SMALL_PRESETS
         _one_of("attn_implementation", self.attn_implementation,
-                ("auto", "flash_attention_2", "sdpa", "eager"))
+                ("auto", "flash_attention_2", "sdpa", "eager") + (("flex",) if small else ()))
+        for name in self.overrides() if small else ():
+            if MODEL_SECTION_FIELDS.get(name, name) is None:
+                _fail(name, f"is no Phi-3-small setting (preset {self.preset!r}: full-head rotary)")
         for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                      "intermediate_size", "vocab_size", "max_position_embeddings", "rope_theta"):
             if getattr(self, name) is not None:
@@ -516,12 +528,14 @@ class ModelConfig:
         _positive("plan_micro_batch_size", self.plan_micro_batch_size)
         if self.plan_seq_len is not None:
             _positive("plan_seq_len", self.plan_seq_len)
+        if self.plan_preset is not None:
+            _one_of("plan_preset", self.plan_preset, PRESET_NAMES)
         _positive("sample_max_new_tokens", self.sample_max_new_tokens)
 
     def overrides(self) -> dict[str, Any]:
         """The architecture fields set in the params, to apply over the preset."""
         skip = {"preset", "tokenizer", "attn_implementation", "gpus", "plan_micro_batch_size",
-                "plan_seq_len", "sample_prompts", "sample_max_new_tokens"}
+                "plan_seq_len", "plan_preset", "sample_prompts", "sample_max_new_tokens"}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name not in skip and getattr(self, f.name) is not None}
 
@@ -970,9 +984,9 @@ def _resolve(cfg: Config) -> None:
     if ft.source is not None and ft.total_tokens is None and cfg.finetune_tokens() > 0:
         ft.total_tokens = cfg.finetune_tokens()  # not > 0: train.finetune's check names the key
     if cfg.model.tokenizer is None:  # the preset's (an unknown preset: model.preset's check names it)
-        from phi_lib.model.config import PRESETS, TOKENIZERS
+        from phi_lib.model.config import PRESET_NAMES, TOKENIZERS
 
-        if cfg.model.preset in PRESETS:
+        if cfg.model.preset in PRESET_NAMES:
             if cfg.model.preset not in TOKENIZERS:
                 _fail("model.tokenizer", f"preset {cfg.model.preset!r} has no default tokenizer: "
                       "set model.tokenizer")

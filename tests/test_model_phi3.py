@@ -180,14 +180,20 @@ def test_published_config_json_builds_the_preset_with_its_size(file):
 
 def test_vision_config_rope_su_reads_as_longrope():
     # Phi-3-vision's text tower names LongRoPE by its older name `su` (model_type phi3_v itself
-    # is not a phi3 checkpoint); its rope settings read the same.
+    # is not a phi3 checkpoint: refused, naming what it is); its rope settings read the same,
+    # and the text tower is phi-3-mini's 3,821,079,552 parameters.
     src = data_path("tokenizers/phi-3-configs/Phi-3-vision-128k-instruct.json")
     if src is None:
         pytest.skip("data folder not available")
-    hf = {**json.loads(src.read_text()), "model_type": "phi3"}
+    published = json.loads(src.read_text())
+    with pytest.raises(ValueError, match="Phi-3-vision.*model_type 'phi3'"):
+        PhiConfig.from_hf_dict(published)
+    hf = {**published, "model_type": "phi3"}
     cfg = PhiConfig.from_hf_dict(hf)
     assert cfg.rope_type == "longrope" and cfg.original_max_position_embeddings == 4096
     assert len(cfg.rope_long_factor) == 48 and cfg.rope_long_factor[0] == hf["rope_scaling"]["long_factor"][0]
+    with torch.device("meta"):  # the count transformers gives the same shapes (test above)
+        assert sum(p.numel() for p in PhiForCausalLM(cfg).parameters()) == 3_821_079_552
 
 
 def test_model_stage_on_the_128k_preset(tmp_path):

@@ -42,6 +42,52 @@ def test_model_stage_on_a_large_preset(tmp_path):
     assert ModelStage(cfg, tmp_path).samples()["completion"].tolist() != samples["completion"].tolist()
 
 
+@pytest.mark.unit
+def test_model_stage_on_phi_3_small(tmp_path):
+    # the phi3small family through stage 04: built on meta at the published 7,392,272,384
+    # (tied head), its block-sparse kernels checked against each other on a shrunk copy
+    # whose sequence has sparse rows, samples decoded with the tiktoken tokenizer
+    from phi_lib.model import Phi3SmallConfig, Phi3SmallForCausalLM
+
+    cfg = load({"model": {"preset": "phi-3-small", "gpus": 8, "plan_micro_batch_size": 1,
+                          "sample_max_new_tokens": 4}})
+    assert cfg.model.tokenizer == "phi-3-small"
+    stage = ModelStage(cfg, tmp_path)
+    assert isinstance(stage.build(), Phi3SmallForCausalLM) and stage.build().lm_head.weight.is_meta
+    params = stage.params().data
+    assert params.loc["total", "parameters"] == 7_392_272_384 and params.loc["lm_head", "parameters"] == 0
+    summary = stage.summary()["value"]
+    assert "block-sparse (blocks of 64, 16 local, vertical stride 8" in summary["attention"]
+    report = stage.parity()
+    assert report["shrunk"] and report["arch"] == "phi3small" and report["layers"] == 2
+    assert report["max_abs_diff"] < 1e-5 and report["kv_cache_max_abs_diff"] < 1e-5
+    shrunk = Phi3SmallConfig.from_preset("phi-3-small", blocksparse_block_size=4,
+                                         blocksparse_num_local_blocks=2)
+    assert report["seq_len"] > shrunk.blocksparse_block_size * shrunk.blocksparse_num_local_blocks
+    assert "(shrunk)" in stage.samples()["model"][0]
+    manifest = stage.write_manifest()
+    assert manifest["metrics"]["params"] == 7_392_272_384
+    hf = json.loads((tmp_path / "config.json").read_text())
+    assert hf["model_type"] == "phi3small"
+    assert Phi3SmallConfig.from_hf_dict(hf).replace(name="") == stage.config.replace(name="")
+
+
+@pytest.mark.unit
+def test_phi_3_small_model_section_overrides():
+    # the section's PhiConfig names land on Phi3SmallConfig's fields; one with no counterpart
+    # is refused naming the key
+    from phi_lib.config import ConfigError
+
+    cfg = load({"model": {"preset": "phi3-small-tiny", "intermediate_size": 256, "rope_theta": 1e4,
+                          "resid_pdrop": 0.0, "attn_implementation": "flex"}})
+    small = PhiConfig.from_model_config(cfg.model)
+    assert (small.ff_intermediate_size, small.intermediate_size, small.rope_embedding_base,
+            small.ffn_dropout_prob, small.attn_implementation) == (256, 256, 1e4, 0.0, "flex")
+    with pytest.raises(ConfigError, match="model.partial_rotary_factor: is no Phi-3-small setting"):
+        load({"model": {"preset": "phi3-small-tiny", "partial_rotary_factor": 0.5}})
+    with pytest.raises(ConfigError, match="model.attn_implementation"):
+        load({"model": {"preset": "phi-3-mini", "attn_implementation": "flex"}})
+
 @pytest.mark.notebooks
 def test_model_notebook_in_smoke_run(smoke_run):
     from transformers import AutoConfig

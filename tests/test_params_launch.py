@@ -9,18 +9,19 @@ import torch
 
 from phi_lib.config import load
 from phi_lib.data.tokenizer import load_tokenizer
-from phi_lib.model import PhiConfig, PhiForCausalLM
+from phi_lib.model import PhiConfig, build_model
 from phi_lib.model.planning import fit_training, memory_per_gpu
 from phi_lib.paths import project_root
 from phi_lib.train.launcher import CONFIG_FILE, command, prepare
 
 pytestmark = pytest.mark.unit
-MINI, MEDIUM = 3_821_079_552, 13_960_238_080
+MINI, SMALL, MEDIUM = 3_821_079_552, 7_392_272_384, 13_960_238_080
 RECIPES = {  # file: (published parameters, tokenizer, context, training tokens)
     "phi-2.yaml": (2_779_683_840, "codegen-350M-mono", 2048, 1_400_000_000_000),
     "phi-3-mini.yaml": (MINI, "phi-3-mini", 4096, 3_300_000_000_000),
     "phi-3-mini-128k.yaml": (MINI, "phi-3-mini", 131072, None),
     "phi-3.5-mini.yaml": (MINI, "phi-3-mini", 131072, 3_400_000_000_000),
+    "phi-3-small.yaml": (SMALL, "phi-3-small", 8192, 4_800_000_000_000),
     "phi-3-medium.yaml": (MEDIUM, "phi-3-mini", 4096, 4_800_000_000_000),
     "phi-3-medium-128k.yaml": (MEDIUM, "phi-3-mini", 131072, None),
 }
@@ -36,7 +37,7 @@ def test_recipe_builds_its_published_model(name, tmp_path):
     cfg = recipe(name, tmp_path)
     model_cfg = PhiConfig.from_model_config(cfg.model)
     with torch.device("meta"):
-        assert sum(p.numel() for p in PhiForCausalLM(model_cfg).parameters()) == size
+        assert sum(p.numel() for p in build_model(model_cfg).parameters()) == size
     assert model_cfg.max_position_embeddings == context >= cfg.mix.seq_len
     assert cfg.model.tokenizer == tokenizer and len(load_tokenizer(tokenizer)) <= model_cfg.vocab_size
     if tokens is not None:
@@ -83,3 +84,56 @@ def test_dry_run_writes_deepspeed_config_and_launch_command(name, tmp_path):
     # what the launched ranks read is this very config
     assert load(files["config"]).hash() == cfg.hash()
     assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_phi3_small_adds_multilingual_data_in_both_phases(tmp_path):
+    mix = recipe("phi-3-small.yaml", tmp_path).mix
+    assert [ph.weights["multilingual"] for ph in mix.phases] == [0.1, 0.1]  # "+10% multilingual"
+    # the overall shares are the phases' shares weighted by their token ranges
+    spans = [mix.phases[0].until_tokens, mix.total_tokens - mix.phases[0].until_tokens]
+    for name, source in mix.sources.items():
+        overall = sum(s * ph.weights.get(name, 0.0) for s, ph in zip(spans, mix.phases)) / mix.total_tokens
+        assert abs(source.weight - overall) < 5e-4, name
+
+
+@pytest.mark.parametrize("name", ["phi-3-small.yaml", "phi-3-medium.yaml", "phi-2.yaml"])
+def test_plan_is_for_the_recipes_model_and_a_measured_mfu_only_counts_on_its_device(name, tmp_path):
+    from phi_lib.model.planning import param_count
+    from phi_lib.train.mfu import GPU_PEAK_TFLOPS
+    from phi_lib.train.planner import MPT_MFU, projection
+
+    cfg = recipe(name, tmp_path)
+    tc, gpu = cfg.train, cfg.train.plan_gpu
+    # a CPU run's MFU says nothing about the plan's GPU: the published anchor is used, labelled
+    cpu = projection(cfg, 0.22, measured_on="cpu")
+    assert "measured" not in set(cpu["mfu_basis"])
+    anchor = cpu[cpu["mfu_basis"] == "published anchor"]
+    assert set(anchor["mfu"]) == {MPT_MFU[gpu]} and set(anchor["gpus"]) == set(tc.plan_gpus)
+    assert "published anchor" in anchor["mfu_source"].iloc[0] and "cpu" in anchor["mfu_source"].iloc[0]
+    assert set(projection(cfg, 0.22)["mfu_basis"]) == set(cpu["mfu_basis"])  # device unknown: same
+    # the plan is the recipe's own model at its context: GPU-hours = tokens x FLOPs per token
+    # / (MFU x peak), FLOPs per token 6 N + 12 L H d T (PaLM appendix B), N its size
+    model = PhiConfig.from_model_config(cfg.model)
+    flops = (6 * param_count(model)["non_embedding"] + 12 * model.num_hidden_layers
+             * model.num_attention_heads * model.head_dim * model.max_position_embeddings)
+    hours = tc.plan_tokens * flops / (MPT_MFU[gpu] * GPU_PEAK_TFLOPS[gpu][0] * 1e12) / 3600
+    assert set(anchor["model"]) == {cfg.model.preset}
+    assert abs(anchor["gpu_hours"].iloc[0] - hours) <= 1
+    # measured on the plan's GPU kind: counted, and its GPU-hours scale as 1 / MFU
+    same = projection(cfg, MPT_MFU[gpu] / 2, measured_on=gpu)
+    measured = same[same["mfu_basis"] == "measured"]
+    assert len(measured) == len(tc.plan_gpus)
+    ratio = measured["gpu_hours"].iloc[0] / anchor["gpu_hours"].iloc[0]
+    assert abs(ratio - 2.0) < 1e-3
+
+
+def test_smoke_plans_phi_1_5_and_drops_its_cpu_mfu(tmp_path):
+    from phi_lib.train.planner import plot_projection, projection
+
+    cfg = load(project_root() / "params" / "smoke.yaml", {"run.output_root": str(tmp_path)})
+    table = projection(cfg, 0.22, measured_on="cpu")
+    assert set(table["model"]) == {"phi-1.5"} and cfg.train.plan_gpu == "A100"
+    assert list(dict.fromkeys(table["mfu_basis"])) == ["published anchor", "paper implied"]
+    fig = plot_projection(table, cfg)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert any("published anchor" in t and "cpu" in t for t in labels)

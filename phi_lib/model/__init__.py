@@ -5,8 +5,11 @@
     logits = model(input_ids)                      # (B, T, vocab)
 
 Modules: `config` (PhiConfig, the presets and their tokenizers), `model` (the model around
-its blocks), `phi` / `phi3` (one file per architecture family), `rotary` (RoPE, LongRoPE),
+its blocks), `phi` / `phi3` (one file per architecture family), `phi3_small` (Phi-3-small, its
+own model; `phi3_small_config` its config and presets), `rotary` (RoPE, LongRoPE),
 `attention` (kernels, masks), `cache`, `generate`, `checkpoint`, `parity`, `planning`.
+`PhiConfig.from_model_config` gives the config of any `model.preset` (a Phi3SmallConfig for
+the phi-3-small ones) and `build_model` its model.
 Names are imported lazily so `import phi_lib.model.config` (the params loader reads the
 presets) does not import torch. (`phi_lib.model.generate` is the module; its function is
 `phi_lib.model.generate.generate`.)

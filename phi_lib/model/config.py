@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from phi_lib.model.phi3_small_config import PRESETS as SMALL_PRESETS
+
 ARCHS = ("phi", "phi3")
 """`phi`: phi-1/1.5/2 (parallel attention + MLP over one LayerNorm, partial rotary, gelu,
 biases). `phi3`: phi-3 (Llama-like: RMSNorm, sequential block, SwiGLU, full rotary, no bias)."""
@@ -134,7 +136,7 @@ class PhiConfig:
         `phi-3-mini`, `phi-3-mini-128k`, `phi-3.5-mini`, `phi-3-medium` ...) with field overrides.
         The phi-3-small presets (`phi-3-small`, `phi3-small-tiny`) give a `Phi3SmallConfig`
         (phi_lib/model/phi3_small.py)."""
-        from phi_lib.model.phi3_small import PRESETS as SMALL_PRESETS, Phi3SmallConfig
+        from phi_lib.model.phi3_small_config import Phi3SmallConfig
 
         if name in SMALL_PRESETS:
             return Phi3SmallConfig.from_preset(name, **overrides)
@@ -153,7 +155,12 @@ class PhiConfig:
 
     @classmethod
     def from_model_config(cls, model_cfg) -> "PhiConfig":
-        """From the `model` section of the workbook config (preset + the fields it sets)."""
+        """From the `model` section of the workbook config (preset + the fields it sets); a
+        phi-3-small preset gives a `Phi3SmallConfig` (its fields named as its config.json)."""
+        if model_cfg.preset in SMALL_PRESETS:
+            from phi_lib.model.phi3_small_config import Phi3SmallConfig
+
+            return Phi3SmallConfig.from_model_config(model_cfg)
         return cls.from_preset(model_cfg.preset, attn_implementation=model_cfg.attn_implementation,
                                **model_cfg.overrides())
 
@@ -210,6 +217,10 @@ class PhiConfig:
         if model_type == "phi3small":
             raise ValueError("config.json: model_type 'phi3small' is Phi-3-small: read it with "
                              "phi_lib.model.phi3_small.Phi3SmallConfig.from_hf_dict")
+        if model_type == "phi3_v":
+            raise ValueError("config.json: model_type 'phi3_v' is Phi-3-vision (a CLIP image encoder "
+                             "and projector around the phi-3-mini text model), which phi_lib.model "
+                             "does not build; its text model alone reads as model_type 'phi3'")
         if model_type not in ARCHS:
             raise ValueError(
                 f"config.json: model_type {model_type!r} is not supported (need 'phi' or 'phi3'; "
@@ -326,6 +337,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 PRESETS["phi-3-mini-4k"] = PRESETS["phi-3-mini"]
 PRESETS["phi-3-medium-4k"] = PRESETS["phi-3-medium"]
+
+PRESET_NAMES: tuple[str, ...] = (*PRESETS, *SMALL_PRESETS)
+"""Every preset `model.preset` may name: PhiConfig's and Phi3SmallConfig's (`phi-3-small`,
+`phi3-small-tiny`)."""
 
 TOKENIZERS: dict[str, str] = {
     **{name: "codegen-350M-mono" for name in ("phi-tiny", "phi-1-small", "phi-1", "phi-1.5", "phi-2")},

@@ -1,4 +1,5 @@
-"""Stage 04: build the configured phi architecture and size it, one step per notebook cell:
+"""Stage 04: build the configured architecture (any family: `phi_lib.model.build_model`) and
+size it, one step per notebook cell:
 
     stage = ModelStage(cfg, out)
     stage.summary()          # the architecture; writes config.json (the stage's output)
@@ -7,6 +8,7 @@
     stage.memory()           # memory per GPU by ZeRO stage and precision
     stage.memory_plot()      # memory.png
     stage.parity()           # max |logit difference| to transformers on shared random weights
+                             # (phi-3-small, not in transformers: its flex vs masked kernels)
     stage.samples()          # greedy continuations by the freshly initialized model
     manifest = stage.write_manifest()
 
@@ -24,8 +26,8 @@ from typing import Any, Optional
 import torch
 
 from phi_lib.io import atomic_write_json
+from phi_lib.model import build_model
 from phi_lib.model.config import PhiConfig
-from phi_lib.model.model import PhiForCausalLM
 from phi_lib.model.parity import parity_check, shrink
 from phi_lib.model.planning import flops_per_token, memory_table, param_count
 from phi_lib.provenance import Fingerprint
@@ -54,10 +56,11 @@ class ModelStage(BaseStage):
         if not tok.source.startswith("hub:"):
             self.inputs["tokenizer"] = Path(tok.source)  # the samples are decoded with it
 
-    def build(self, device: str = "meta") -> PhiForCausalLM:
-        """The configured model; on the meta device by default (shapes only, instant)."""
+    def build(self, device: str = "meta") -> torch.nn.Module:
+        """The configured model (PhiForCausalLM, or Phi3SmallForCausalLM); on the meta device
+        by default (shapes only, instant)."""
         with torch.device(device):
-            return PhiForCausalLM(self.config)
+            return build_model(self.config)
 
     # ------------------------------------------------------------------ steps
     def summary(self):
@@ -66,18 +69,7 @@ class ModelStage(BaseStage):
         import pandas as pd
 
         c = self.config
-        rows = {"preset": c.name, "block": "parallel attn+MLP, LayerNorm" if c.arch == "phi"
-                else "sequential, RMSNorm, SwiGLU", "layers": c.num_hidden_layers,
-                "hidden": c.hidden_size, "heads": c.num_attention_heads,
-                "kv heads": c.num_key_value_heads, "head dim": c.head_dim,
-                "rotary dim": c.rotary_dim, "mlp": c.intermediate_size, "vocab": c.vocab_size,
-                "tokenizer": self.cfg.model.tokenizer,
-                "context": c.max_position_embeddings, "activation": c.hidden_act,
-                "rotary": c.rope_type if c.rope_type == "default" else
-                f"{c.rope_type} (from {c.original_max_position_embeddings})",
-                "sliding window": c.sliding_window,
-                "dropout (resid/embd/attn)": f"{c.resid_pdrop}/{c.embd_pdrop}/{c.attention_dropout}",
-                "attention kernel": c.attn_implementation}
+        rows = (_small_rows if c.arch == "phi3small" else _phi_rows)(c, self.cfg.model.tokenizer)
         self.write_config()
         self.record("summary", fingerprint=self.fingerprint,
                     architecture={k: str(v) for k, v in rows.items()})
@@ -141,7 +133,8 @@ class ModelStage(BaseStage):
         return fig
 
     def parity(self) -> dict[str, Any]:
-        """Max |logit difference| to transformers on shared random weights (fp32)."""
+        """Max |logit difference| to transformers on shared random weights (fp32); for
+        phi-3-small between its two block-sparse kernels (`parity.small_parity_check`)."""
         fp = self.fingerprint
         if self.step_current("parity", fp):
             return self.step_stats("parity")["report"]
@@ -209,7 +202,7 @@ class ModelStage(BaseStage):
         if param_count(cfg)["total"] > SAMPLE_MAX_PARAMS:
             cfg = shrink(cfg, vocab=cfg.vocab_size)
         torch.manual_seed(self.cfg.run.seed)
-        model = PhiForCausalLM(cfg).eval()
+        model = build_model(cfg).eval()
         tok = load_tokenizer(self.cfg.model.tokenizer, data_dir=self.cfg.run.data_dir)
         if len(tok) > cfg.vocab_size:
             raise ValueError(f"model.vocab_size={cfg.vocab_size} is smaller than the tokenizer "
@@ -219,3 +212,40 @@ class ModelStage(BaseStage):
         label = f"{cfg.num_hidden_layers} layers" + (" (shrunk)" if cfg is not self.config else "")
         return [{"prompt": p, "completion": t, "model": label}
                 for p, t in zip(self.mc.sample_prompts, texts)]
+
+
+def _phi_rows(c: PhiConfig, tokenizer: str) -> dict[str, Any]:
+    """The summary of a PhiConfig (phi, phi3)."""
+    return {"preset": c.name, "block": "parallel attn+MLP, LayerNorm" if c.arch == "phi"
+            else "sequential, RMSNorm, SwiGLU", "layers": c.num_hidden_layers,
+            "hidden": c.hidden_size, "heads": c.num_attention_heads,
+            "kv heads": c.num_key_value_heads, "head dim": c.head_dim,
+            "rotary dim": c.rotary_dim, "mlp": c.intermediate_size, "vocab": c.vocab_size,
+            "tokenizer": tokenizer,
+            "context": c.max_position_embeddings, "activation": c.hidden_act,
+            "rotary": c.rope_type if c.rope_type == "default" else
+            f"{c.rope_type} (from {c.original_max_position_embeddings})",
+            "sliding window": c.sliding_window,
+            "dropout (resid/embd/attn)": f"{c.resid_pdrop}/{c.embd_pdrop}/{c.attention_dropout}",
+            "attention kernel": c.attn_implementation}
+
+
+def _small_rows(c, tokenizer: str) -> dict[str, Any]:
+    """The summary of a Phi3SmallConfig (phi_lib/model/phi3_small.py)."""
+    n = c.dense_attention_every_n_layers
+    layout = (f"blocks of {c.blocksparse_block_size}, {c.blocksparse_num_local_blocks} local, "
+              f"vertical stride {c.blocksparse_vert_stride}, "
+              + ("same layout per head" if c.blocksparse_homo_head_pattern else "offset per head"))
+    return {"preset": c.name, "block": "sequential, LayerNorm + biases, GEGELU, muP",
+            "layers": c.num_hidden_layers, "hidden": c.hidden_size,
+            "heads": c.num_attention_heads, "kv heads": c.num_key_value_heads,
+            "head dim": c.head_dim, "rotary dim": c.rotary_dim, "mlp": c.intermediate_size,
+            "vocab": c.vocab_size, "tokenizer": tokenizer, "context": c.max_position_embeddings,
+            "activation": f"{c.hidden_act} (clamp {c.gegelu_limit})",
+            "rotary": f"default (theta {c.rope_theta:g})",
+            "attention": (f"every {n}-th layer dense, the others " if n else "") + f"block-sparse ({layout})",
+            "muP (embedding x, logits /, attention scale)":
+                f"{c.mup_embedding_multiplier:g}, {c.mup_width_multiplier:g}, {c.attention_scale:.4g}",
+            "dropout (ffn/embd/attn)":
+                f"{c.ffn_dropout_prob}/{c.embedding_dropout_prob}/{c.attention_dropout_prob}",
+            "attention kernel": c.attn_implementation}

@@ -36,7 +36,10 @@ def save_hf(model: torch.nn.Module, folder: Path, state_dict: Optional[dict] = N
         return
     with torch.device("meta"):
         copy = type(model)(model.config)
-    copy.load_state_dict({k: v.float() for k, v in state_dict.items()}, assign=True)
+    state = {k: v.float() for k, v in state_dict.items()}
+    if model.config.tie_word_embeddings:  # a tied head may be gathered once, as the embedding
+        state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+    copy.load_state_dict(state, assign=True)
     copy.save_pretrained(folder, dtype="float32")
 
 

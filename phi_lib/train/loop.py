@@ -34,7 +34,7 @@ from phi_lib.train.engines import DeepSpeedEngine, PlainEngine
 from phi_lib.train.errors import NonFiniteLoss
 from phi_lib.train.fingerprint import check_resume, phase_fingerprint
 from phi_lib.train.metrics import MetricsLog
-from phi_lib.train.mfu import mfu, peak_tflops
+from phi_lib.train.mfu import device_kind, mfu, peak_tflops
 from phi_lib.train.optim import make_optimizer, set_hyperparameters
 from phi_lib.train.phases import Phase, plan_phases
 from phi_lib.train.schedule import make_scheduler
@@ -77,12 +77,15 @@ class Trainer:
         return values
 
     def build_model(self, init: Optional[Path]):
-        from phi_lib.model import PhiConfig, PhiForCausalLM
+        from phi_lib.model import PhiConfig, build_model
 
         torch.manual_seed(self.cfg.run.seed)  # the same init on every rank and every run
-        model = PhiForCausalLM(PhiConfig.from_model_config(self.cfg.model))
+        model = build_model(PhiConfig.from_model_config(self.cfg.model))  # any family
         if init is not None:
-            model.load_state_dict(ckpt.load_weights(init))
+            state = ckpt.load_weights(init)
+            if model.config.tie_word_embeddings:  # saved once, as the embedding (phi-3-small)
+                state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+            model.load_state_dict(state)
         model.gradient_checkpointing_enable(self.tc.activation_checkpointing)
         return model.to(self.device)
 
@@ -204,6 +207,7 @@ class Trainer:
                               "grad_norm": info["grad_norm"], "loss_scale": info["loss_scale"],
                               "skipped_steps": engine.skipped_steps, "tokens": tokens,
                               "tokens_per_s": tps, "mfu": mfu(tps, fpt, peak, self.world),
+                              "device": device_kind(self.device),  # what the MFU holds for
                               "step_time_s": dt / window_steps}
                     window_t0, window_steps = time.perf_counter(), 0
                 save = phase.saves_at(step)

@@ -20,6 +20,15 @@ GPU_PEAK_TFLOPS = {
 }
 
 
+def device_kind(device: torch.device) -> str:
+    """What an MFU was measured on: `cpu`, a GPU_PEAK_TFLOPS key (`H100`, `A100` ...) or the
+    GPU's own name. A measured MFU transfers only to the same kind (phi_lib.train.planner)."""
+    if device.type != "cuda":
+        return device.type
+    name = torch.cuda.get_device_name(device)
+    return next((key for key in GPU_PEAK_TFLOPS if key in name.upper()), name)
+
+
 def gpu_peak_tflops(name: str, precision: str) -> Optional[float]:
     """Datasheet peak of a GPU named like `torch.cuda.get_device_name()` (None if unknown)."""
     for key, (half, fp32) in GPU_PEAK_TFLOPS.items():

@@ -95,7 +95,7 @@ class TrainStage(BaseStage):
             metrics[f"selected_{selected['select_by']}"] = selected["value"]
         self.record("summarize", fingerprint=self.fingerprint, metrics=metrics,
                     counts=summary["counts"], seconds=t["seconds"], selected=selected,
-                    last_checkpoint=summary["last_checkpoint"])
+                    last_checkpoint=summary["last_checkpoint"], mfu_device=summary["mfu_device"])
         return pd.Series(metrics | summary["counts"]).to_frame("value")
 
     def _check_made_here(self, selected: dict) -> None:
@@ -116,18 +116,19 @@ class TrainStage(BaseStage):
         return fig
 
     def memory_table(self):
-        """Planner: GB per GPU of phi-1.5 at sequence 2048 under ZeRO 0-3 (a table)."""
+        """Planner: GB per GPU of the planned model (`planner.plan_model`) under ZeRO 0-3."""
         from phi_lib.train.planner import memory_table
 
         return memory_table(self.cfg)
 
     def projection(self):
-        """Planner: the full run's wall time and GPU-hours at the MFU measured here, MPT-1.3B's
-        and the paper's implied one (a table; planner.png)."""
+        """Planner: the full run's wall time and GPU-hours at the MFU measured here (only if
+        measured on `train.plan_gpu`), MPT-1.3B's and the paper's implied one (planner.png)."""
         from phi_lib.train.planner import plot_projection, projection
 
-        mfu = ((self.step_stats("summarize") or {}).get("metrics") or {}).get("mfu")
-        table = projection(self.cfg, mfu)
+        stats = self.step_stats("summarize") or {}
+        table = projection(self.cfg, (stats.get("metrics") or {}).get("mfu"),
+                           measured_on=stats.get("mfu_device"))
         self.save_figure(plot_projection(table, self.cfg), "planner.png")
         return table
 

@@ -8,8 +8,9 @@ from phi_lib.train.metrics import last_value, read_metrics
 
 
 def summarize(out: Path, skip_first: int = 1) -> dict:
-    """{metrics, counts, last_checkpoint} for the manifest: final train/val loss, tokens/s
-    and MFU (mean over logged windows, the first `skip_first` excluded as warm-up)."""
+    """{metrics, counts, last_checkpoint, mfu_device} for the manifest: final train/val loss,
+    tokens/s and MFU (mean over logged windows, the first `skip_first` excluded as warm-up),
+    and the device kind that MFU was measured on (None if unrecorded or mixed)."""
     out = Path(out)
     records = read_metrics(out / "metrics.jsonl")
     if not records:
@@ -38,5 +39,7 @@ def summarize(out: Path, skip_first: int = 1) -> dict:
     metrics["tokens"] = sum(phase_tokens.values()) or None
     counts = {"checkpoints": len(ckpts), "skipped_steps": last_value(records, "skipped_steps") or 0,
               "logged_steps": len(records)}
+    devices = {r["device"] for r in steady if r.get("device")}
     return {"metrics": {k: v for k, v in metrics.items() if v is not None}, "counts": counts,
-            "last_checkpoint": str(ckpts[-1][1]) if ckpts else None}
+            "last_checkpoint": str(ckpts[-1][1]) if ckpts else None,
+            "mfu_device": devices.pop() if len(devices) == 1 else None}
