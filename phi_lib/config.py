@@ -451,7 +451,8 @@ class ModelConfig:
     preset: str = "phi-tiny"
     """Architecture: a key of `phi_lib.model.config.PRESETS`: `phi-tiny`, `phi3-tiny` (smoke),
     `phi-1-small`, `phi-1`, `phi-1.5`, `phi-2`, `phi-3-mini` (4K), `phi-3-mini-128k`,
-    `phi-3.5-mini`, `phi-3-medium` (4K), `phi-3-medium-128k`."""
+    `phi-3.5-mini`, `phi-3-medium` (4K), `phi-3-medium-128k`; or of `VISION_PRESETS`:
+    `phi-3-vision`, `phi3-vision-tiny`."""
     tokenizer: Optional[str] = None
     """Tokenizer the model is trained and evaluated with: a folder under `tokenizers/` of the
     data folder (`codegen-350M-mono`, `phi-3-mini`, `phi-3-small`), a path or a hub name;
@@ -498,9 +499,9 @@ class ModelConfig:
     """New tokens per sample in notebook 04."""
 
     def check(self) -> None:
-        from phi_lib.model.config import PRESETS
+        from phi_lib.model.config import PRESETS, VISION_PRESETS
 
-        _one_of("preset", self.preset, tuple(PRESETS))
+        _one_of("preset", self.preset, (*PRESETS, *VISION_PRESETS))
         if self.tokenizer is not None and not self.tokenizer.strip():
             _fail("tokenizer", "is empty: name a tokenizer, or leave it unset (null) for the preset's")
         _one_of("attn_implementation", self.attn_implementation,
@@ -970,9 +971,9 @@ def _resolve(cfg: Config) -> None:
     if ft.source is not None and ft.total_tokens is None and cfg.finetune_tokens() > 0:
         ft.total_tokens = cfg.finetune_tokens()  # not > 0: train.finetune's check names the key
     if cfg.model.tokenizer is None:  # the preset's (an unknown preset: model.preset's check names it)
-        from phi_lib.model.config import PRESETS, TOKENIZERS
+        from phi_lib.model.config import PRESETS, TOKENIZERS, VISION_PRESETS
 
-        if cfg.model.preset in PRESETS:
+        if cfg.model.preset in PRESETS or cfg.model.preset in VISION_PRESETS:
             if cfg.model.preset not in TOKENIZERS:
                 _fail("model.tokenizer", f"preset {cfg.model.preset!r} has no default tokenizer: "
                       "set model.tokenizer")

@@ -9,7 +9,7 @@ import torch
 
 from phi_lib.config import load
 from phi_lib.data.tokenizer import load_tokenizer
-from phi_lib.model import PhiConfig, PhiForCausalLM
+from phi_lib.model import PhiConfig, build_model
 from phi_lib.model.planning import fit_training, memory_per_gpu
 from phi_lib.paths import project_root
 from phi_lib.train.launcher import CONFIG_FILE, command, prepare
@@ -23,6 +23,7 @@ RECIPES = {  # file: (published parameters, tokenizer, context, training tokens)
     "phi-3.5-mini.yaml": (MINI, "phi-3-mini", 131072, 3_400_000_000_000),
     "phi-3-medium.yaml": (MEDIUM, "phi-3-mini", 4096, 4_800_000_000_000),
     "phi-3-medium-128k.yaml": (MEDIUM, "phi-3-mini", 131072, None),
+    "phi-3-vision.yaml": (4_146_621_440, "phi-3-vision", 131072, 500_000_000_000),
 }
 
 
@@ -36,7 +37,7 @@ def test_recipe_builds_its_published_model(name, tmp_path):
     cfg = recipe(name, tmp_path)
     model_cfg = PhiConfig.from_model_config(cfg.model)
     with torch.device("meta"):
-        assert sum(p.numel() for p in PhiForCausalLM(model_cfg).parameters()) == size
+        assert sum(p.numel() for p in build_model(model_cfg).parameters()) == size
     assert model_cfg.max_position_embeddings == context >= cfg.mix.seq_len
     assert cfg.model.tokenizer == tokenizer and len(load_tokenizer(tokenizer)) <= model_cfg.vocab_size
     if tokens is not None:

@@ -13,6 +13,7 @@ from phi_lib.model.config import VISION_128K_LONG_FACTOR, VISION_128K_SHORT_FACT
 from phi_lib.model.phi3_vision import (CLIP_PUBLISHED, WTE_DUPLICATE, Phi3VisionConfig,
                                        Phi3VisionForCausalLM, image_token_counts)
 from phi_lib.model.phi3_vision_processor import Phi3VisionProcessor, hd_size
+from phi_lib.model.planning import param_count
 from phi_lib.paths import data_path
 
 import phi3_vision_reference as reference
@@ -202,6 +203,9 @@ def test_published_config_is_the_preset_and_its_size():
     assert isinstance(ours, Phi3VisionForCausalLM)
     n = sum(p.numel() for p in ours.parameters())
     assert n == sum(p.numel() for p in theirs.parameters()) == PUBLISHED_PARAMS
+    assert param_count(preset)["total"] == n  # the planner counts the image side too
+    with torch.device("meta"):
+        assert param_count(tiny())["total"] == sum(p.numel() for p in build_model(tiny()).parameters())
     assert set(ours.to_checkpoint_names(ours.state_dict())) == \
         {k.replace("img_processor.", "img_processor.vision_model.") for k in theirs.state_dict()} - \
         {WTE_DUPLICATE.replace("img_processor.", "")}
