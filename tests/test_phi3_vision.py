@@ -288,3 +288,49 @@ def test_generation_with_images_batched_left_padded_matches_reference_greedy(pai
             seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
             mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
     assert torch.equal(out, seq)
+
+
+# ----------------------------------------------------------------------------- training
+def test_tiny_preset_trains_on_captions_and_its_checkpoint_reloads_and_generates(tok, tmp_path):
+    """phi3-vision-tiny, encoder frozen (train the projector and the LM): a few AdamW steps on
+    two test images with short captions lower the text-token loss; the checkpoint reloads with
+    the same weights and generates the same continuations, batched and left-padded."""
+    from phi_lib.model.phi3_vision import text_token_loss
+    from phi_lib.model.phi3_vision_processor import collate
+
+    torch.manual_seed(0)
+    model = Phi3VisionForCausalLM(Phi3VisionConfig.from_preset("phi3-vision-tiny", clip_num_hidden_layers=1))
+    model.freeze_image_encoder()
+    clip_before = {k: v.clone() for k, v in model.model.vision_embed_tokens.img_processor.state_dict().items()}
+    proj_before = model.model.vision_embed_tokens.img_projection[0].weight.clone()
+    proc = Phi3VisionProcessor(tok, num_crops=1)
+    good, _ = proc.encode_records([
+        {"text": "<|image_1|>\nA cat.", "images": [image("chelsea.png")]},
+        {"text": "<|image_1|>\nA rocket launch at dawn.", "images": [image("rocket.jpg")]}])
+    b = collate([e for _, e in good], tok.pad_id)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    losses = []
+    keep = 12  # the captions end the (left-padded) rows: logits of the last 12 positions only
+    for _ in range(3):
+        logits = model(b["input_ids"], attention_mask=b["attention_mask"], position_ids=positions(b["attention_mask"]),
+                       pixel_values=b["pixel_values"], image_sizes=b["image_sizes"], logits_to_keep=keep)
+        loss = text_token_loss(logits, b["input_ids"][:, -keep:], b["attention_mask"][:, -keep:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5, losses
+    clip_after = model.model.vision_embed_tokens.img_processor.state_dict()
+    assert all(torch.equal(clip_before[k], clip_after[k]) for k in clip_before)  # frozen
+    assert not torch.equal(proj_before, model.model.vision_embed_tokens.img_projection[0].weight)
+    model.eval().save_pretrained(tmp_path / "ckpt")
+    back = Phi3VisionForCausalLM.from_pretrained(tmp_path / "ckpt")
+    prompts = proc.encode_records([{"text": "<|image_1|>\n", "images": [image("chelsea.png")]},
+                                   {"text": "<|image_1|>\nA", "images": [image("rocket.jpg")]}])[0]
+    g = collate([e for _, e in prompts], tok.pad_id)
+    kw = dict(pixel_values=g["pixel_values"], image_sizes=g["image_sizes"], max_new_tokens=4,
+              eos_token_id=None, allowed_vocab=len(tok))
+    out = back.generate(g["input_ids"], g["attention_mask"], **kw)
+    assert out.shape == (2, g["input_ids"].shape[1] + 4) and (out[:, -4:] >= 0).all()
+    assert torch.equal(out, model.generate(g["input_ids"], g["attention_mask"], **kw))

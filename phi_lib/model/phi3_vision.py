@@ -316,6 +316,21 @@ class Phi3VisionForCausalLM(PhiForCausalLM):
         return generate(model, input_ids, attention_mask, **kwargs)
 
 
+def text_token_loss(logits: torch.Tensor, input_ids: torch.Tensor,
+                    attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Next-token cross entropy on the text tokens only (the report's loss): targets that are
+    image tokens (ids < 0) or padding are left out. logits (B, T, V), input_ids (B, T)."""
+    import torch.nn.functional as F
+
+    targets = input_ids[:, 1:].clone()
+    keep = targets >= 0
+    if attention_mask is not None:
+        keep &= attention_mask[:, 1:].bool()
+    targets[~keep] = -100
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=-100)
+
+
 class WithImages:
     """A Phi3VisionForCausalLM with one batch's images bound to it, for the text generate loop."""
 
