@@ -213,6 +213,17 @@ def test_published_config_is_the_preset_and_its_size():
         {WTE_DUPLICATE.replace("img_processor.", "")}
 
 
+def test_config_variants_we_do_not_implement_are_named():
+    d = published_config_json()
+    with pytest.raises(NotImplementedError, match="projection_cls='linear'"):
+        Phi3VisionConfig.from_hf_dict({**d, "embd_layer": {**d["embd_layer"], "projection_cls": "linear"}})
+    with pytest.raises(NotImplementedError, match="clip-vit-base-patch32"):
+        Phi3VisionConfig.from_hf_dict({**d, "img_processor": {**d["img_processor"],
+                                                              "model_name": "openai/clip-vit-base-patch32"}})
+    with pytest.raises(ValueError, match="image_token_count"):
+        tiny(clip_patch_size=28)
+
+
 # ----------------------------------------------------------------------------- processor
 @pytest.fixture(scope="module")
 def ref_processor(tok):

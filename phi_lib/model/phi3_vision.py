@@ -348,11 +348,6 @@ class WithImages:
         return self.model(input_ids, **kwargs)
 
 
-def is_vision_config(d: dict) -> bool:
-    """A config.json of phi-3-vision (model_type phi3_v)?"""
-    return d.get("model_type") == MODEL_TYPE
-
-
 def image_token_counts(image_sizes: Sequence[Sequence[int]], crop: int = 336, grid: int = 12) -> list[int]:
     """Tokens each image takes: (crops + 1) * grid^2 + 1 + (rows + 1) * grid (the tiled crops
     and the global view, a separator per feature row, glb_GN)."""
