@@ -5,7 +5,8 @@
     logits = model(input_ids)                      # (B, T, vocab)
 
 Modules: `config` (PhiConfig, the presets and their tokenizers), `model` (the model around
-its blocks), `phi` / `phi3` (one file per architecture family), `rotary` (RoPE, LongRoPE),
+its blocks), `phi` / `phi3` (one file per architecture family), `phi3_small`, `phi3_vision`
+(+ `phi3_vision_processor`, its image processor and prompt format), `rotary` (RoPE, LongRoPE),
 `attention` (kernels, masks), `cache`, `generate`, `checkpoint`, `parity`, `planning`.
 Names are imported lazily so `import phi_lib.model.config` (the params loader reads the
 presets) does not import torch. (`phi_lib.model.generate` is the module; its function is
