@@ -452,7 +452,7 @@ class ModelConfig:
     """Architecture: one of `phi_lib.model.config.PRESET_NAMES`: `phi-tiny`, `phi3-tiny`,
     `phi3-small-tiny` (smoke), `phi-1-small`, `phi-1`, `phi-1.5`, `phi-2`, `phi-3-mini` (4K),
     `phi-3-mini-128k`, `phi-3.5-mini`, `phi-3-small` (8K), `phi-3-medium` (4K),
-    `phi-3-medium-128k`. The phi-3-small ones build `Phi3SmallConfig` (the overrides below
+    `phi-3-medium-128k`, `phi-3-vision`, `phi3-vision-tiny`. The phi-3-small ones build `Phi3SmallConfig` (the overrides below
     under its names: `phi_lib.model.phi3_small_config.MODEL_SECTION_FIELDS`)."""
     tokenizer: Optional[str] = None
     """Tokenizer the model is trained and evaluated with: a folder under `tokenizers/` of the

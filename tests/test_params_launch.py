@@ -24,6 +24,7 @@ RECIPES = {  # file: (published parameters, tokenizer, context, training tokens)
     "phi-3-small.yaml": (SMALL, "phi-3-small", 8192, 4_800_000_000_000),
     "phi-3-medium.yaml": (MEDIUM, "phi-3-mini", 4096, 4_800_000_000_000),
     "phi-3-medium-128k.yaml": (MEDIUM, "phi-3-mini", 131072, None),
+    "phi-3-vision.yaml": (4_146_621_440, "phi-3-vision", 131072, 500_000_000_000),
 }
 
 

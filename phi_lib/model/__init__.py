@@ -6,7 +6,8 @@
 
 Modules: `config` (PhiConfig, the presets and their tokenizers), `model` (the model around
 its blocks), `phi` / `phi3` (one file per architecture family), `phi3_small` (Phi-3-small, its
-own model; `phi3_small_config` its config and presets), `rotary` (RoPE, LongRoPE),
+own model; `phi3_small_config` its config and presets), `phi3_vision` (+ `phi3_vision_processor`,
+its image processor and prompt format), `rotary` (RoPE, LongRoPE),
 `attention` (kernels, masks), `cache`, `generate`, `checkpoint`, `parity`, `planning`.
 `PhiConfig.from_model_config` gives the config of any `model.preset` (a Phi3SmallConfig for
 the phi-3-small ones) and `build_model` its model.
@@ -27,15 +28,21 @@ _EXPORTS = {
     "sample_next": "phi_lib.model.generate",
     "Phi3SmallConfig": "phi_lib.model.phi3_small",
     "Phi3SmallForCausalLM": "phi_lib.model.phi3_small",
+    "Phi3VisionConfig": "phi_lib.model.phi3_vision",
+    "Phi3VisionForCausalLM": "phi_lib.model.phi3_vision",
 }
 __all__ = list(_EXPORTS) + ["build_model"]
 
 
 def build_model(config):
-    """The model of a config: PhiForCausalLM, or Phi3SmallForCausalLM for a Phi3SmallConfig."""
+    """The model of a config: PhiForCausalLM, Phi3SmallForCausalLM for a Phi3SmallConfig, or
+    Phi3VisionForCausalLM for a Phi3VisionConfig."""
     from phi_lib.model.model import PhiForCausalLM
     from phi_lib.model.phi3_small import Phi3SmallConfig, Phi3SmallForCausalLM
+    from phi_lib.model.phi3_vision import Phi3VisionConfig, Phi3VisionForCausalLM
 
+    if isinstance(config, Phi3VisionConfig):
+        return Phi3VisionForCausalLM(config)
     return (Phi3SmallForCausalLM if isinstance(config, Phi3SmallConfig) else PhiForCausalLM)(config)
 
 

@@ -38,6 +38,8 @@ def save_pretrained(model, directory: Union[str, Path], dtype: Optional[Union[st
         tensors[name] = t.contiguous().cpu()
     if model.config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)  # safetensors refuses shared storage
+    if hasattr(model, "to_checkpoint_names"):  # phi-3-vision: the published names of its CLIP
+        tensors = model.to_checkpoint_names(tensors)
     fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS}.", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
@@ -57,7 +59,8 @@ def save_pretrained(model, directory: Union[str, Path], dtype: Optional[Union[st
 def from_pretrained(cls, name_or_dir: Union[str, Path], *, dtype: Union[str, torch.dtype, None] = "float32",
                     device: Union[str, torch.device] = "cpu", **config_overrides: Any):
     """Load a checkpoint folder (or hub name) into `cls` (PhiForCausalLM; a `phi3small`
-    config.json loads into Phi3SmallForCausalLM whatever `cls` is).
+    config.json loads into Phi3SmallForCausalLM, a `phi3_v` one into Phi3VisionForCausalLM,
+    whatever `cls` is).
 
     dtype: `float32` (default), `bfloat16`, `float16`, or `auto` / None to keep the stored dtype.
     config_overrides: PhiConfig fields to change (e.g. `attn_implementation="eager"`).
@@ -71,9 +74,15 @@ def from_pretrained(cls, name_or_dir: Union[str, Path], *, dtype: Union[str, tor
         from phi_lib.model.phi3_small import Phi3SmallForCausalLM
 
         cls = Phi3SmallForCausalLM
+    elif hf.get("model_type") == "phi3_v":
+        from phi_lib.model.phi3_vision import Phi3VisionForCausalLM
+
+        cls = Phi3VisionForCausalLM
     config = getattr(cls, "config_class", PhiConfig).from_hf_dict(hf, **config_overrides)
     state = load_state_dict(folder)
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    if hasattr(cls, "from_checkpoint_names"):
+        state = cls.from_checkpoint_names(state)
     if config.tie_word_embeddings and "lm_head.weight" not in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     with torch.device("meta"):
@@ -88,6 +97,8 @@ def from_pretrained(cls, name_or_dir: Union[str, Path], *, dtype: Union[str, tor
         target = _dtype(dtype)
         state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
+    if hasattr(model, "init_buffers"):  # buffers no checkpoint holds (phi-3-vision's CLIP positions)
+        model.init_buffers()
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.to(device).eval()

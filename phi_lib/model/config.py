@@ -135,15 +135,20 @@ class PhiConfig:
         """A named architecture (a key of `PRESETS`: `phi-tiny`, `phi-1.5`, `phi-2`, `phi3-tiny`,
         `phi-3-mini`, `phi-3-mini-128k`, `phi-3.5-mini`, `phi-3-medium` ...) with field overrides.
         The phi-3-small presets (`phi-3-small`, `phi3-small-tiny`) give a `Phi3SmallConfig`
-        (phi_lib/model/phi3_small.py)."""
+        (phi_lib/model/phi3_small.py), the phi-3-vision ones (`VISION_PRESETS`) a
+        `Phi3VisionConfig` (phi_lib/model/phi3_vision.py)."""
         from phi_lib.model.phi3_small_config import Phi3SmallConfig
 
         if name in SMALL_PRESETS:
             return Phi3SmallConfig.from_preset(name, **overrides)
+        if name in VISION_PRESETS:
+            from phi_lib.model.phi3_vision import Phi3VisionConfig
+
+            return Phi3VisionConfig.from_preset(name, **overrides)
         if name not in PRESETS:
             import difflib
 
-            known = [*PRESETS, *SMALL_PRESETS]
+            known = [*PRESETS, *SMALL_PRESETS, *VISION_PRESETS]
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"unknown preset {name!r}{hint} (known: {', '.join(known)})")
@@ -338,9 +343,46 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["phi-3-mini-4k"] = PRESETS["phi-3-mini"]
 PRESETS["phi-3-medium-4k"] = PRESETS["phi-3-medium"]
 
-PRESET_NAMES: tuple[str, ...] = (*PRESETS, *SMALL_PRESETS)
+# Phi-3-vision-128k-instruct (phi_lib/model/phi3_vision.py: Phi3VisionConfig fields). Its text
+# model is phi-3-mini-128k's shape with its own LongRoPE factors ("su" in its config.json, data
+# folder `tokenizers/phi-3-configs/Phi-3-vision-128k-instruct.json`, checked equal by a test).
+# 4,146,621,440 parameters (meta device; tests/test_phi3_vision.py): the language model
+# 3,821,079,552 + CLIP ViT-L/14-336 303,507,456 + projector 22,026,240 + separators 8,192.
+VISION_128K_SHORT_FACTOR = [
+    1.05, 1.05, 1.05, 1.1, 1.1, 1.1, 1.2500000000000002, 1.2500000000000002, 1.4000000000000004,
+    1.4500000000000004, 1.5500000000000005, 1.8500000000000008, 1.9000000000000008,
+    *[2.000000000000001] * 19, 2.1000000000000005, 2.1000000000000005, 2.2, *[2.3499999999999996] * 4,
+    2.3999999999999995, 2.3999999999999995, 2.6499999999999986, 2.6999999999999984, 2.8999999999999977,
+    2.9499999999999975, 3.049999999999997, 3.049999999999997, 3.049999999999997]
+VISION_128K_LONG_FACTOR = [
+    1.0299999713897705, 1.0499999523162842, 1.0499999523162842, 1.0799999237060547, 1.2299998998641968,
+    1.2299998998641968, 1.2999999523162842, 1.4499999284744263, 1.5999999046325684, 1.6499998569488525,
+    1.8999998569488525, 2.859999895095825, 3.68999981880188, 5.419999599456787, 5.489999771118164,
+    5.489999771118164, 9.09000015258789, 11.579999923706055, 15.65999984741211, 15.769999504089355,
+    15.789999961853027, 18.360000610351562, 21.989999771118164, 23.079999923706055, 30.009998321533203,
+    32.35000228881836, 32.590003967285156, 35.56000518798828, 39.95000457763672, 53.840003967285156,
+    56.20000457763672, 57.95000457763672, 59.29000473022461, 59.77000427246094, 59.920005798339844,
+    61.190006256103516, 61.96000671386719, 62.50000762939453, 63.3700065612793, 63.48000717163086,
+    63.48000717163086, 63.66000747680664, 63.850006103515625, 64.08000946044922, 64.760009765625,
+    64.80001068115234, 64.81001281738281, 64.81001281738281]
+_VISION_LM = dict(_PHI3, **{**_LONG, "sliding_window": 131072}, rope_short_factor=VISION_128K_SHORT_FACTOR,
+                  rope_long_factor=VISION_128K_LONG_FACTOR, eos_token_id=2)
+VISION_PRESETS: dict[str, dict[str, Any]] = {
+    "phi-3-vision": dict(_VISION_LM, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=32),
+    # Smoke: phi3-tiny's language model (head dim 96, so the published 48 + 48 factors) and a
+    # CLIP of width 64 x 2 layers at the real crop geometry (336 px, 14 px patches: 24 x 24, 144
+    # tokens per crop after the merge), so the real processor and tokenizer feed it.
+    "phi3-vision-tiny": dict(_VISION_LM, hidden_size=192, intermediate_size=512, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1, clip_hidden_size=64,
+                             clip_intermediate_size=128, clip_num_hidden_layers=2,
+                             clip_num_attention_heads=2),
+}
+"""phi-3-vision architectures (Phi3VisionConfig; `PhiConfig.from_preset` hands them over)."""
+
+PRESET_NAMES: tuple[str, ...] = (*PRESETS, *SMALL_PRESETS, *VISION_PRESETS)
 """Every preset `model.preset` may name: PhiConfig's and Phi3SmallConfig's (`phi-3-small`,
-`phi3-small-tiny`)."""
+`phi3-small-tiny`) and Phi3VisionConfig's (`phi-3-vision`, `phi3-vision-tiny`)."""
 
 TOKENIZERS: dict[str, str] = {
     **{name: "codegen-350M-mono" for name in ("phi-tiny", "phi-1-small", "phi-1", "phi-1.5", "phi-2")},
@@ -349,10 +391,13 @@ TOKENIZERS: dict[str, str] = {
                                        "phi-3-medium-128k")},
     "phi-3-small": "phi-3-small",
     "phi3-small-tiny": "phi-3-small",
+    "phi-3-vision": "phi-3-vision",
+    "phi3-vision-tiny": "phi-3-vision",
 }
 """The tokenizer each preset is trained with (a folder under `tokenizers/` of the data folder):
 codegen-350M-mono for phi-1/1.5/2, the Llama-2 SentencePiece + chat tokens of phi-3-mini for
-phi-3-mini/medium/3.5-mini, tiktoken cl100k + specials for phi-3-small."""
+phi-3-mini/medium/3.5-mini, tiktoken cl100k + specials for phi-3-small, phi-3-mini's plus
+`<|image|>` and placeholders (32,045 ids, `<s>` prepended per piece) for phi-3-vision."""
 
 
 def default_tokenizer(preset: str) -> str:

@@ -80,7 +80,7 @@ class PhiForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None,
                 document_ids: Optional[torch.Tensor] = None, cache: Optional[KVCache] = None,
-                logits_to_keep: int = 0) -> torch.Tensor:
+                logits_to_keep: int = 0, inputs_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (B, T, vocab) (fp32 math happens in the caller's loss).
 
         attention_mask: (B, past + T), 1 = token, 0 = padding (transformers convention).
@@ -91,11 +91,13 @@ class PhiForCausalLM(nn.Module):
                         document (see `attention.document_ids_from_eos`).
         cache:          a `KVCache`, extended in place (generation).
         logits_to_keep: only the last N positions get logits (0 = all); generation uses 1.
+        inputs_embeds:  (B, T, hidden) embeddings to use instead of looking up `input_ids`
+                        (phi-3-vision: text embeddings with the image features spliced in).
         """
         b, t = input_ids.shape
         past = cache.length if cache is not None else 0
         m = self.model
-        x = m.embed_dropout(m.embed_tokens(input_ids))
+        x = m.embed_dropout(m.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds)
         if position_ids is None:
             if document_ids is not None:
                 position_ids = positions_from_document_ids(document_ids)

@@ -47,9 +47,23 @@ def param_count(config: PhiConfig) -> dict[str, int]:
         "norms": n_layers * norms + final_norm,
         "lm_head": lm_head,
     }
+    if hasattr(config, "clip_hidden_size"):  # phi-3-vision: CLIP, projector, separators
+        counts["vision"] = vision_param_count(config)
     counts["total"] = sum(counts.values())
     counts["non_embedding"] = counts["total"] - embedding
     return counts
+
+
+def vision_param_count(config) -> int:
+    """phi-3-vision's image side: CLIP vision tower (embeddings, pre/post LayerNorm, layers),
+    the projector MLP (4D -> h -> h) and the two separators (4D each)."""
+    d, i, layers = config.clip_hidden_size, config.clip_intermediate_size, config.clip_num_hidden_layers
+    grid, p, h = config.clip_image_size // config.clip_patch_size, config.clip_patch_size, config.hidden_size
+    embeddings = d + 3 * p * p * d + (grid * grid + 1) * d      # CLS, patch conv (no bias), positions
+    per_layer = 4 * (d * d + d) + 4 * d + (d * i + i) + (i * d + d)  # q/k/v/out, 2 LayerNorms, fc1/fc2
+    clip = embeddings + 2 * d + layers * per_layer + 2 * d
+    projector = (4 * d * h + h) + (h * h + h)
+    return clip + projector + 2 * 4 * d
 
 
 def flops_per_token(config: PhiConfig, seq_len: int) -> float:
@@ -131,7 +145,26 @@ def activation_bytes(config: PhiConfig, micro_batch_size: int, seq_len: int, pre
         layers = config.num_hidden_layers * s * b * h * word + per_layer
     else:
         layers = config.num_hidden_layers * per_layer
+    if hasattr(config, "clip_hidden_size"):
+        layers += vision_activation_bytes(config, micro_batch_size, word, activation_checkpointing)
     return float(layers + logits)
+
+
+PLAN_CROPS_PER_SEQUENCE = 17
+"""Crops through CLIP per training sequence the planner assumes for phi-3-vision: one image at
+the published 16 crops + its global view (the image's tokens are part of seq_len already)."""
+
+
+def vision_activation_bytes(config, micro_batch_size: int, word: int, activation_checkpointing: bool) -> float:
+    """CLIP's activations for PLAN_CROPS_PER_SEQUENCE crops of (grid^2 + 1) tokens per row, per
+    layer as a pre-LN block (2 LayerNorm inputs, q/k/v, attention output: 12th; fc1 and its
+    quick-gelu: 2ti) with flash attention; checkpointed: each layer's input + one layer."""
+    d, i = config.clip_hidden_size, config.clip_intermediate_size
+    t = micro_batch_size * PLAN_CROPS_PER_SEQUENCE * ((config.clip_image_size // config.clip_patch_size) ** 2 + 1)
+    per_layer = 12 * t * d * word / 2 + 2 * t * i * word
+    if activation_checkpointing:
+        return config.clip_num_hidden_layers * t * d * word + per_layer
+    return config.clip_num_hidden_layers * per_layer
 
 
 def memory_table(config: PhiConfig, n_gpus: int, micro_batch_size: int, seq_len: int,
