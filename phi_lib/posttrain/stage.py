@@ -292,7 +292,7 @@ class PosttrainStage(BaseStage):
                     gradient_accumulation_steps=accumulation, max_grad_norm=s.grad_clip,
                     max_length=s.max_length, save_steps=s.save_steps, save_total_limit=s.keep_last,
                     logging_steps=s.log_every, seed=self.cfg.run.seed,
-                    gradient_checkpointing=pc.gradient_checkpointing)
+                    activation_checkpointing=pc.gradient_checkpointing)
         if phase == "sft":
             args.update(assistant_only_loss=True, packing=s.packing)
         else:
