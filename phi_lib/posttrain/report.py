@@ -54,7 +54,7 @@ def effect_rows(results: dict) -> list[dict]:
         rows.setdefault(name, {"metric": name})[label] = value
 
     for label, res in models.items():
-        for task, r in ((res.get("benchmarks") or {}).get("results") or {}).items():
+        for task, r in (res.get("benchmarks") or {}).items():
             key = next((k for k in ("acc", "exact_match", "pass@1") if k in r), None)
             if key:
                 put(f"{task} ({key})", label, r[key])
@@ -66,12 +66,9 @@ def effect_rows(results: dict) -> list[dict]:
             put("MT-bench unparsed grades", label, mt["unparsed"])
         pr = res.get("probes")
         if pr:
-            from phi_lib.posttrain.measure import probe_summary
-
-            s = probe_summary(pr)
-            put("ToxiGen safety score", label, s["toxigen_mean"])
+            put("ToxiGen safety score", label, pr["toxigen_mean"])
             for grade in ("pass", "fail", "did_not_understand", "unparsed"):
-                put(f"adversarial prompts: {grade}", label, s["probe_counts"].get(grade, 0))
+                put(f"adversarial prompts: {grade}", label, pr["probe_counts"].get(grade, 0))
     return list(rows.values())
 
 

@@ -325,14 +325,11 @@ class PosttrainStage(BaseStage):
         """The DPO pairs: from files by weight, plus generated ones ranked by the judge."""
         pref, data_dir = self.pc.preference, self.cfg.run.data_dir
         file_inputs = self._register("pairs", pref.sources)
-        inputs = dict(file_inputs)
-        if pref.generate:
-            inputs["policy"] = model_identity(self.model_dir("sft"))
-            inputs["prompts"] = file_digest(self.data / "sft.jsonl") if pref.prompts_from == "sft" \
-                else file_inputs.get(f"pairs/{pref.prompts_from}", "")
+        gen_fp = self._generation_fp(file_inputs) if pref.generate else None
         fp = self._fp({"posttrain.preference": results_view(pref),
                        "posttrain.dpo.max_length": self.pc.dpo.max_length},
-                      {**inputs, "base": self._base_key()})
+                      {**file_inputs, "base": self._base_key(),
+                       **({"generated": gen_fp.key} if gen_fp else {})})
         target = self.data / "pairs.jsonl"
         if self.step_current("preference_data", fp) and target.is_file():
             return self.step_stats("preference_data")
@@ -348,7 +345,7 @@ class PosttrainStage(BaseStage):
             if pref.generate:
                 drops["generated"] = records.Drops()
                 prompts = self._fits(self._generation_prompts(pools), drops["generated"], "dpo")
-                gen = self._generated_pairs(prompts, fp, progress)
+                gen = self._generated_pairs(prompts, gen_fp, progress)
                 for r in gen:
                     statuses[r["status"]] = statuses.get(r["status"], 0) + 1
                 chosen += [pairs.as_pair(r) for r in gen if r["status"] == "kept"]
@@ -363,6 +360,20 @@ class PosttrainStage(BaseStage):
                   **{f"generated/{k}": v for k, v in statuses.items()}}
         return self.record("preference_data", fingerprint=fp, seconds=t["seconds"], counts=counts,
                            drops=_flat_drops("pairs", drops), sources=mix_stats, generated=statuses)
+
+    def _generation_fp(self, file_inputs: dict) -> Fingerprint:
+        """What the generated pairs depend on (not the file pairs' share: changing that
+        leaves them current)."""
+        pref = self.pc.preference
+        keys = ("generate", "prompts_from", "sampling", "judge", "judge_sampling", "judge_format")
+        config = {f"posttrain.preference.{k}": results_view(getattr(pref, k)) for k in keys}
+        if pref.prompts_from != "sft":
+            config["prompt_source"] = results_view(pref.sources[pref.prompts_from])
+        prompts = file_digest(self.data / "sft.jsonl") if pref.prompts_from == "sft" \
+            else file_inputs[f"pairs/{pref.prompts_from}"]
+        return self._fp({**config, "posttrain.dpo.max_length": self.pc.dpo.max_length},
+                        {"policy": model_identity(self.model_dir("sft")), "prompts": prompts,
+                         "base": self._base_key()})
 
     def _read_pairs(self, name: str, src, data_dir):
         stats, drops, pool = ReadStats(), records.Drops(), []
@@ -432,7 +443,8 @@ class PosttrainStage(BaseStage):
                     self.out / "measure" / label / "benchmarks", force=True, on_line=self.log))
         return self.record("benchmarks", seconds=t["seconds"],
                            metrics={f"{label}/{task}": _headline(r) for label, res in out.items()
-                                    for task, r in res["results"].items()})
+                                    for task, r in res["results"].items()},
+                           results={label: res["results"] for label, res in out.items()})
 
     def mt_bench(self) -> dict:
         """MT-bench answers of each model, graded 1-10 by the judge (FastChat's rubrics)."""
@@ -472,7 +484,7 @@ class PosttrainStage(BaseStage):
         """Stage 07 re-run on each model: ToxiGen score, adversarial prompts, judge grades."""
         m = self.pc.measure
         if not m.probes:
-            return self.record("probes", counts={"probed_models": 0})
+            return self.record("probes", counts={"probed_models": 0}, summaries={})
         config = measure.write_config(self.cfg, self.out / "measure" / "config.yaml")
         over = {k: v for k, v in (("toxicity.probe_limit", m.probe_limit),
                                   ("toxicity.per_group", m.toxigen_per_group),
@@ -498,14 +510,11 @@ class PosttrainStage(BaseStage):
         from phi_lib.stages import STAGES
 
         steps = {s["step"]: s for s in self.all_stats()}
-        per_model = {label: {} for label in self._labels()}
-        for label in per_model:
-            folder = self.out / "measure" / label
-            for kind in ("benchmarks", "probes"):
-                if (folder / f"{kind}.json").is_file():
-                    per_model[label][kind] = read_json(folder / f"{kind}.json")["result"]
-            if (folder / "mt_bench" / "score.json").is_file():
-                per_model[label]["mt_bench"] = read_json(folder / "mt_bench" / "score.json")
+        per_model: dict[str, dict] = {label: {} for label in self._labels()}
+        for kind, key in (("benchmarks", "results"), ("mt_bench", "scores"), ("probes", "summaries")):
+            for label, value in ((steps.get(kind) or {}).get(key) or {}).items():
+                if label in per_model:  # what this run measured (the step records only that)
+                    per_model[label][kind] = value
         results = {"config_hash": STAGES["08"].config_hash(self.cfg), "template": self._template(),
                    "base_model": self.pc.base_model, "steps": steps, "models": per_model,
                    "paper": {"mt_bench": mt_bench.PAPER}}
