@@ -1159,11 +1159,16 @@ class PosttrainConfig:
     """Recompute activations in the backward pass (less memory, same numbers)."""
     device: str = operational("auto")
     """`auto` (cuda if available), `cpu` or `cuda` for training and generation."""
+    generation_backend: str = "transformers"
+    """How the models being aligned generate (the generated pairs' samples, MT-bench answers):
+    `transformers` or `vllm` (in-process, GPU: what a real run wants for 20K+ samples; its
+    samples differ from transformers' for the same seed, so this is part of the results)."""
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     """What is measured on base, SFT and DPO."""
 
     def check(self) -> None:
         _one_of("chat_template", self.chat_template, ("auto", "phi-3", "chatml", "plain"))
+        _one_of("generation_backend", self.generation_backend, ("transformers", "vllm"))
         if not self.sft_sources:
             _fail("sft_sources", "name at least one SFT source")
         _sums_to_one("sft_sources", {k: s.weight for k, s in self.sft_sources.items()}, ".weight")

@@ -42,10 +42,11 @@ def test_posttrain_notebook_in_the_smoke_run(smoke_run):
     assert len(sft) == pc.sft_examples and {r["source"] for r in sft} == set(pc.sft_sources)
     man = read_json(out / "manifest.json")
     gen = {k: v for k, v in man["counts"].items() if k.startswith("generated/")}
-    assert sum(gen.values()) == pc.preference.generate  # every generated pair has a status
+    too_long = man["drops"].get("pairs/generated/too_long", 0)
+    assert sum(gen.values()) + too_long == pc.preference.generate  # every prompt has a status
     assert man["counts"]["pairs"] == pc.preference.pairs + gen.get("generated/kept", 0)
     assert man["metrics"]["dpo/rewards/margins"] is not None
-    assert any(k.startswith("sft/posttrain/hh-rlhf") or "gsm8k" in k for k in man["inputs"])
+    assert {"sft/gsm8k/train.jsonl", "pairs/helpful/test.jsonl.gz"} <= set(man["inputs"])  # digests re-checked
     # stage 07 ran on each model in a run of its own, with the completions kept per item
     for label in res["models"]:
         assert (out / "measure" / label / "toxicity" / "07_toxicity" / "results.json").is_file()
@@ -71,11 +72,16 @@ def test_a_changed_pair_share_retrains_dpo_only_and_resumes_after_kill_9(smoke_c
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 900
     ckpt = out / "dpo" / "run" / "checkpoint-2" / "trainer_state.json"
-    while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
+
+    def new_checkpoint():  # the copy still holds the old run's checkpoint-2 until 08 removes it
+        fp = out / "dpo" / "fingerprint.json"
+        return fp.is_file() and read_json(fp)["key"] != old_dpo["key"] and ckpt.is_file()
+
+    while not new_checkpoint() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert ckpt.is_file(), "DPO never checkpointed before the kill"
+    assert new_checkpoint(), "DPO never checkpointed before the kill"
     assert read_json(out / "dpo" / "fingerprint.json")["key"] != old_dpo["key"]  # the new run's
     assert not (out / "dpo" / "model").exists()  # the stale model was removed, the new one not done
 

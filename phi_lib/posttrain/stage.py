@@ -63,7 +63,9 @@ class PosttrainStage(BaseStage):
 
         if not pool:
             return pool
-        tok = AutoTokenizer.from_pretrained(self.model_dir("base"))
+        if getattr(self, "_base_tok", None) is None:
+            self._base_tok = AutoTokenizer.from_pretrained(self.model_dir("base"))
+        tok = self._base_tok
         limit = getattr(self.pc, phase).max_length
         kept = []
         for rec in pool:
@@ -88,7 +90,7 @@ class PosttrainStage(BaseStage):
 
     def _backend(self, label_or_dir, batch_size: int = 8) -> BackendConfig:
         model = str(self.model_dir(label_or_dir)) if label_or_dir in MODELS else str(label_or_dir)
-        return BackendConfig(kind="transformers", model=model, batch_size=batch_size,
+        return BackendConfig(kind=self.pc.generation_backend, model=model, batch_size=batch_size,
                              device=self.pc.device, dtype="auto", cache=False)
 
     # ------------------------------------------------------------------ base model
@@ -367,6 +369,7 @@ class PosttrainStage(BaseStage):
         pref = self.pc.preference
         keys = ("generate", "prompts_from", "sampling", "judge", "judge_sampling", "judge_format")
         config = {f"posttrain.preference.{k}": results_view(getattr(pref, k)) for k in keys}
+        config["posttrain.generation_backend"] = self.pc.generation_backend
         if pref.prompts_from != "sft":
             config["prompt_source"] = results_view(pref.sources[pref.prompts_from])
         prompts = file_digest(self.data / "sft.jsonl") if pref.prompts_from == "sft" \
@@ -457,7 +460,8 @@ class PosttrainStage(BaseStage):
             for label in self._labels():
                 folder = self.out / "measure" / label / "mt_bench"
                 ans_fp = self._fp({"mt_bench_limit": m.mt_bench_limit,
-                                   "max_new_tokens": m.mt_bench_max_new_tokens},
+                                   "max_new_tokens": m.mt_bench_max_new_tokens,
+                                   "backend": self.pc.generation_backend},
                                   {"model": model_identity(self.model_dir(label))})
                 pairs.reset_if_stale(folder / "answers", ans_fp)
                 bs = self.cfg.evaluate.batch_size
