@@ -28,6 +28,7 @@ from typing import Optional
 from phi_lib.io import atomic_write_json, read_json, read_jsonl
 
 STATE = "trainer_state.json"
+JOB_KEYS = ("phase", "phase_dir", "model", "data", "columns", "args", "end_of_turn_id", "fingerprint")
 
 
 def last_complete_checkpoint(run_dir: Path) -> Optional[Path]:
@@ -158,11 +159,9 @@ def main(argv=None) -> int:
     if args.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     job = read_json(args.job)
-    threads = job.get("threads")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    missing = [k for k in JOB_KEYS if k not in job]
+    if missing:  # before the heavy imports: a bad job fails in a second
+        raise ValueError(f"{args.job}: the job lacks {', '.join(missing)} (written by PosttrainStage)")
     final = run(job)
     print(f"saved {job['phase']} model: {final}", flush=True)
     return 0
