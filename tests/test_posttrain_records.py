@@ -113,3 +113,26 @@ def test_nothing_usable_stops_before_training_naming_the_file(tmp_path):
                                          r"\(no_assistant_turn 1\)"):
         stage.sft_data()
     assert not (stage.data / "sft.jsonl").exists()
+
+
+def test_a_datasets_dataset_is_a_source(tmp_path):
+    from phi_lib.config import ChatSourceConfig
+    from phi_lib.io import ReadStats
+    from phi_lib.posttrain import sources
+
+    write_jsonl(tmp_path / "ds" / "train.jsonl", [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(3)])
+    src = ChatSourceConfig(kind="hf", hf_dataset=f"{tmp_path / 'ds'}::train", limit=2)
+    got = list(sources.read(src, ReadStats()))
+    assert [w for _, w in got] == [f"{tmp_path / 'ds'}::train:0", f"{tmp_path / 'ds'}::train:1"]
+    (conv,) = records.conversations(got[1][0], "auto")
+    assert conv.value == [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
+
+
+def test_mix_takes_each_share_and_repeats_a_small_pool():
+    from phi_lib.posttrain.sources import mix
+
+    items, stats = mix({"a": list(range(3)), "b": list(range(100, 110))}, {"a": 0.5, "b": 0.5}, 10, seed=1)
+    assert len(items) == 10 and sum(i < 100 for i in items) == 5
+    assert stats["a"] == {"available": 3, "taken": 5, "epochs": 1.667}
+    assert set(i for i in items if i < 100) == {0, 1, 2}  # every item before any repeats
+    assert mix({"a": [1, 2]}, {"a": 1.0}, 2, seed=1) == mix({"a": [1, 2]}, {"a": 1.0}, 2, seed=1)
