@@ -24,7 +24,8 @@ def test_zero3_accelerate_files(tmp_path):
     assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True  # HF save
     assert ds["train_micro_batch_size_per_gpu"] == ds["gradient_accumulation_steps"] == "auto"
     acc = yaml.safe_load(files["accelerate"].read_text())
-    assert (acc["distributed_type"], acc["num_processes"], acc["mixed_precision"]) == ("DEEPSPEED", 8, "bf16")
+    assert (acc["distributed_type"], acc["num_processes"]) == ("DEEPSPEED", 8)
+    assert "mixed_precision" not in acc  # accelerate refuses it beside a ZeRO JSON (which has it)
     assert acc["deepspeed_config"] == {"deepspeed_config_file": str(files["deepspeed"]), "zero3_init_flag": True}
     assert json.loads(files["job"].read_text())["deepspeed"] == str(files["deepspeed"])
     cmd = launch.command(pc, tmp_path)

@@ -56,13 +56,13 @@ def accelerate_config(pc, ds_path: Path) -> dict:
     """`accelerate launch --config_file` contents for this run."""
     cfg = {"compute_environment": "LOCAL_MACHINE", "num_machines": pc.num_nodes,
            "num_processes": pc.num_gpus * pc.num_nodes, "machine_rank": 0,
-           "main_process_port": pc.master_port, "use_cpu": False,
-           "mixed_precision": {"fp32": "no"}.get(pc.precision, pc.precision)}
-    if pc.zero_stage:
+           "main_process_port": pc.master_port, "use_cpu": False}
+    if pc.zero_stage:  # precision, accumulation and clipping then come from the ZeRO JSON only
         cfg.update(distributed_type="DEEPSPEED", deepspeed_config={
             "deepspeed_config_file": str(ds_path), "zero3_init_flag": pc.zero_stage == 3})
     else:
-        cfg["distributed_type"] = "MULTI_GPU"
+        cfg.update(distributed_type="MULTI_GPU",
+                   mixed_precision={"fp32": "no"}.get(pc.precision, pc.precision))
     return cfg
 
 

@@ -162,6 +162,10 @@ def main(argv=None) -> int:
     missing = [k for k in JOB_KEYS if k not in job]
     if missing:  # before the heavy imports: a bad job fails in a second
         raise ValueError(f"{args.job}: the job lacks {', '.join(missing)} (written by PosttrainStage)")
+    if job.get("deepspeed") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import deepspeed  # before the model loads: ZeRO-3 partitions it at load, over all ranks
+
+        deepspeed.init_distributed()
     final = run(job)
     print(f"saved {job['phase']} model: {final}", flush=True)
     return 0
