@@ -974,8 +974,8 @@ class SFTSettings:
     max_length: int = 4096
     """Tokens per sequence (the window length when packing; phi-3-mini: 4096)."""
     packing: bool = True
-    """Pack conversations into windows of `max_length` (TRL's best-fit decreasing; without
-    flash-attention TRL pads each conversation instead)."""
+    """Pack conversations into windows of `max_length` (TRL's best-fit decreasing, padding-free:
+    each conversation attends only to itself through its position ids)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 = off."""
     save_steps: int = operational(200)

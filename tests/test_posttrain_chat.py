@@ -94,3 +94,34 @@ def test_sft_labels_mask_every_non_assistant_token(tmp_path):
         assert got == want, (i, tok.decode([enc["input_ids"][i]]), got, want)
     trained = tok.decode([t for t in row["labels"] if t != -100])
     assert trained == "2 + 3 = 5.<|end|>5 x 4 = 20, so the answer is 20.<|end|>"
+
+
+def test_packed_sft_windows_keep_conversations_apart(tmp_path):
+    """TRL's packing (best-fit, padding-free): the packed window's labels are each
+    conversation's own, and the model sees each conversation alone (block-diagonal attention
+    from the position ids), so its logits equal those of the conversation run by itself."""
+    import torch
+
+    from phi_lib.posttrain.train import build_trainer
+
+    model = tiny_model_dir(tmp_path / "tiny")
+    convs = [CONVERSATION, CONVERSATION[1:3], [{"role": "user", "content": "hi"},
+                                               {"role": "assistant", "content": "hello there"}]]
+    data = write_jsonl(tmp_path / "sft.jsonl", [{"messages": c} for c in convs])
+    trainer = build_trainer(job("sft", tmp_path / "sft", model, data, packing=True, max_length=256))
+    assert len(trainer.train_dataset) == 1  # the three fit one window
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    tok = phi3_tokenizer()
+    lm = trainer.model.eval()
+    with torch.no_grad():
+        packed = lm(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [batch["input_ids"].shape[1]]
+    assert len(starts) == 4
+    rendered = [tok(tok.apply_chat_template(c, tokenize=False), add_special_tokens=False)["input_ids"]
+                for c in convs]
+    for a, b in zip(starts, starts[1:]):
+        ids = batch["input_ids"][0, a:b]
+        assert ids.tolist() in rendered  # a whole conversation, not a cut
+        with torch.no_grad():
+            alone = lm(input_ids=ids[None]).logits[0]
+        assert torch.allclose(packed[a:b], alone, atol=1e-5)
