@@ -235,6 +235,10 @@ class FilterConfig:
     """Judge sampling: greedy; room for the FineWeb-Edu justification before the score."""
     n_annotate: int = 200
     """Samples the LLM annotates per path, web and code (phi-1: ~100K)."""
+    annotate_pool_docs: Optional[int] = None
+    """Draw the annotation sample from the candidates among the first this many documents of
+    each corpus; empty = from all that were read (`max_docs`). Fix it to grow `max_docs`
+    later with the same sample, so the same classifier scores only the new documents."""
     annotate_max_chars: int = 3000
     """Characters of a document shown to the judge (longer ones are cut, as FineWeb-Edu did)."""
     rubric: str = "full"
@@ -318,6 +322,8 @@ class FilterConfig:
         _positive("shard_size", self.shard_size)
         if self.max_docs is not None:
             _positive("max_docs", self.max_docs)
+        if self.annotate_pool_docs is not None:
+            _positive("annotate_pool_docs", self.annotate_pool_docs)
         if not self.corpus and not self.code_corpus:
             _fail("corpus", "give a web `corpus` or a `code_corpus` (both are empty)")
 
@@ -392,8 +398,6 @@ class MixConfig:
     """Token budget of the mixture (phi-1.5: 150B, ~5 epochs of ~30B)."""
     seq_len: int = 2048
     """Packed window length in tokens (2048 in the papers)."""
-    tokenizer: str = "codegen-350M-mono"
-    """Tokenizer: a folder under `tokenizers/` of the data folder, a path, or a hub name."""
     val_fraction: float = 0.01
     """Share of documents (never windows) held out for validation."""
     max_epochs_warning: float = operational(10.0)
@@ -403,7 +407,8 @@ class MixConfig:
     batch_docs: int = operational(512)
     """Documents per tokenizer batch (one task of a worker)."""
     shard_tokens: int = operational(268_435_456)
-    """Tokens per packed `.bin` shard (512 MiB of uint16), rounded down to whole windows."""
+    """Tokens per packed `.bin` shard (512 MiB of uint16, 1 GiB of uint32 for vocabularies past
+    65,536 ids), rounded down to whole windows. The tokenizer is `model.tokenizer`'s."""
     phases: list[PhaseConfig] = field(default_factory=list)
     """Optional phase schedule (phi-3); empty = one phase with the source weights."""
     finetune: MixFinetuneConfig = field(default_factory=MixFinetuneConfig)
@@ -445,7 +450,15 @@ class ModelConfig:
     """Stage 04: the phi architecture (field names follow `transformers.PhiConfig`)."""
 
     preset: str = "phi-tiny"
-    """`phi-tiny` (smoke), `phi-1-small`, `phi-1`, `phi-1.5`, `phi-2` or `phi-3-mini`."""
+    """Architecture: a key of `phi_lib.model.config.PRESETS`: `phi-tiny`, `phi3-tiny` (smoke),
+    `phi-1-small`, `phi-1`, `phi-1.5`, `phi-2`, `phi-3-mini` (4K), `phi-3-mini-128k`,
+    `phi-3.5-mini`, `phi-3-medium` (4K), `phi-3-medium-128k`."""
+    tokenizer: Optional[str] = None
+    """Tokenizer the model is trained and evaluated with: a folder under `tokenizers/` of the
+    data folder (`codegen-350M-mono`, `phi-3-mini`, `phi-3-small`), a path or a hub name;
+    empty = the preset's (`phi_lib.model.config.TOKENIZERS`), filled in at load. Stage 03
+    tokenizes with it, 04 samples with it, 05 checks the packed data was made with it and
+    saves it in each checkpoint, 06/07 score a checkpoint with it."""
     hidden_size: Optional[int] = None
     """Override the preset's hidden size."""
     num_hidden_layers: Optional[int] = None
@@ -486,8 +499,11 @@ class ModelConfig:
     """New tokens per sample in notebook 04."""
 
     def check(self) -> None:
-        _one_of("preset", self.preset,
-                ("phi-tiny", "phi-1-small", "phi-1", "phi-1.5", "phi-2", "phi-3-mini"))
+        from phi_lib.model.config import PRESETS
+
+        _one_of("preset", self.preset, tuple(PRESETS))
+        if self.tokenizer is not None and not self.tokenizer.strip():
+            _fail("tokenizer", "is empty: name a tokenizer, or leave it unset (null) for the preset's")
         _one_of("attn_implementation", self.attn_implementation,
                 ("auto", "flash_attention_2", "sdpa", "eager"))
         for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
@@ -505,21 +521,30 @@ class ModelConfig:
 
     def overrides(self) -> dict[str, Any]:
         """The architecture fields set in the params, to apply over the preset."""
-        skip = {"preset", "attn_implementation", "gpus", "plan_micro_batch_size", "plan_seq_len",
-                "sample_prompts", "sample_max_new_tokens"}
+        skip = {"preset", "tokenizer", "attn_implementation", "gpus", "plan_micro_batch_size",
+                "plan_seq_len", "sample_prompts", "sample_max_new_tokens"}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.name not in skip and getattr(self, f.name) is not None}
 
 
 # ----------------------------------------------------------------------------- 05 train
+SELECT_BY = ("val_loss", "last")
+"""Ways `train.finetune.select_by` picks the trained model among the finetune checkpoints."""
+
+
 @dataclass
 class FinetuneConfig:
-    """A finetune after pretraining (phi-1 on CodeExercises: lr 1e-4, warmup 50, wd 0.01), on the
-    finetune set stage 03 packed into `03_mix/finetune/` (its documents: `mix.finetune`)."""
+    """A finetune after pretraining (phi-1 on CodeExercises: lr 1e-4, warmup 50, wd 0.01, 6K steps,
+    the best of the checkpoints saved every 1K steps), on the finetune set stage 03 packed into
+    `03_mix/finetune/` (its documents: `mix.finetune`)."""
 
     enabled: bool = False
-    """Run the finetune after pretraining, starting from its last checkpoint (needs
-    `mix.finetune.source`)."""
+    """Run the finetune after pretraining, starting from the pretraining checkpoint of
+    `from_step` (needs `mix.finetune.source`)."""
+    from_step: Optional[int] = None
+    """Pretraining step whose checkpoint the finetune starts from (phi-1: 24000, the phi-1-base
+    checkpoint of the 36K-step run); that checkpoint is saved and kept whatever `save_every`
+    and `keep_last` say. Empty = the pretraining's last step (`train.stop_at` or `max_steps`)."""
     lr: float = 1e-4
     """Peak learning rate."""
     warmup_steps: int = 50
@@ -531,15 +556,24 @@ class FinetuneConfig:
     global_batch_size: int = 256
     """Sequences per optimizer step (phi-1 finetune: 256)."""
     save_every: int = 1000
-    """Checkpoint interval (phi-1 kept the best of checkpoints every 1K steps)."""
+    """Checkpoint every N finetune steps (phi-1: 1K); each is a candidate for `select_by`."""
+    select_by: str = "val_loss"
+    """Which finetune checkpoint is *the* trained model (stages 06/07's `checkpoint`):
+    `val_loss`, the lowest validation loss on the finetune set's val split (measured at every
+    save; phi-1 kept the best of its checkpoints every 1K steps, the paper does not say by
+    which metric), or `last`. Written to `05_train/selected.json` and the manifest; changing it re-selects
+    among the same checkpoints, it does not retrain."""
 
     def check(self) -> None:
+        if self.from_step is not None:
+            _positive("from_step", self.from_step)
         _positive("lr", self.lr)
         _non_negative("warmup_steps", self.warmup_steps)
         _non_negative("weight_decay", self.weight_decay)
         _positive("max_steps", self.max_steps)
         _positive("global_batch_size", self.global_batch_size)
         _positive("save_every", self.save_every)
+        _one_of("select_by", self.select_by, SELECT_BY)
 
 
 @dataclass
@@ -573,11 +607,19 @@ class TrainConfig:
     warmup_steps: int = 0
     """Linear warmup steps (phi-1.5: 0; phi-1: 750)."""
     max_steps: int = 100
-    """Optimizer steps."""
+    """Optimizer steps of the pretraining schedule (its warmup and decay run over these)."""
+    stop_at: Optional[int] = None
+    """Stop pretraining after this step (its checkpoint is saved) while the schedule still
+    runs over `max_steps`: phi-1-base is the 24K-step checkpoint of the 36K-step run
+    (`stop_at: 24000`, `max_steps: 36000`), its lr not decayed to 0. Raising it later continues
+    the same run. Empty = `max_steps`."""
     global_batch_size: int = 2048
     """Sequences per optimizer step across all ranks (phi-1.5: 2048; phi-1: 1024)."""
     micro_batch_size: int = 8
     """Sequences per rank per forward; accumulation = global / (micro x world)."""
+    activation_checkpointing: bool = False
+    """Recompute each block in the backward pass instead of keeping its activations (long
+    contexts: the 128K phi-3 stage fits 80 GB only so)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 = off."""
     eval_every: int = 50
@@ -587,7 +629,7 @@ class TrainConfig:
     save_every: int = 100
     """Checkpoint every N steps."""
     keep_last: int = 3
-    """Keep the last N checkpoints."""
+    """Keep the last N checkpoints (and always the finetune's start and its best checkpoint)."""
     log_every: int = operational(10)
     """Log metrics every N steps."""
     initial_scale_power: int = 16
@@ -619,8 +661,9 @@ class TrainConfig:
     """Tokens of the run the planner projects (phi-1.5: 150B)."""
     plan_gpu: str = operational("A100")
     """GPU the planner projects on (`A100` or `H100`, 80GB)."""
-    paper_gpu_hours: float = operational(1500.0)
-    """The paper's reported cost to compare against (phi-1.5: 1.5K A100-hours)."""
+    paper_gpu_hours: Optional[float] = operational(1500.0)
+    """The paper's (or model card's) reported cost to compare against (phi-1.5: 1.5K
+    A100-hours); empty = none published."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """Optional finetune after pretraining (phi-1 CodeExercises)."""
 
@@ -642,6 +685,12 @@ class TrainConfig:
             _fail("betas", f"must be two numbers in [0, 1), got {self.betas}")
         if self.warmup_steps > self.max_steps:
             _fail("warmup_steps", f"{self.warmup_steps} exceeds max_steps {self.max_steps}")
+        if self.stop_at is not None and not 0 < self.stop_at <= self.max_steps:
+            _fail("stop_at", f"must be in 1..max_steps ({self.max_steps}), got {self.stop_at}")
+        ft = self.finetune
+        if ft.enabled and ft.from_step is not None and ft.from_step > self.pretrain_steps:
+            _fail("finetune.from_step", f"{ft.from_step} is past the pretraining's last step "
+                  f"{self.pretrain_steps} (stop_at or max_steps)")
         if self.num_nodes > 1 and not self.hostfile:
             _fail("hostfile", "a multi-node run (num_nodes > 1) needs a hostfile")
         world = self.world_size
@@ -655,9 +704,22 @@ class TrainConfig:
         if self.peak_tflops is not None:
             _positive("peak_tflops", self.peak_tflops)
         _positive("plan_tokens", self.plan_tokens)
+        if self.paper_gpu_hours is not None:
+            _positive("paper_gpu_hours", self.paper_gpu_hours)
         _one_of("plan_gpu", self.plan_gpu, ("A100", "H100"))
         for n in self.plan_gpus:
             _positive("plan_gpus", n)
+
+    @property
+    def pretrain_steps(self) -> int:
+        """The pretraining's last step: `stop_at`, or `max_steps`."""
+        return self.stop_at if self.stop_at is not None else self.max_steps
+
+    @property
+    def finetune_start(self) -> int:
+        """The pretraining step the finetune starts from: `finetune.from_step` or the last."""
+        ft = self.finetune.from_step
+        return ft if ft is not None else self.pretrain_steps
 
     @property
     def world_size(self) -> int:
@@ -690,7 +752,8 @@ class EvaluateConfig:
     gsm8k_mode: str = "code"
     """`code` (zero-shot via coding, phi-1.5) or `cot` (few-shot chain of thought)."""
     n_samples: int = 1
-    """Samples per problem for HumanEval/MBPP (pass@k needs n >= k)."""
+    """Samples per problem for HumanEval/MBPP/GSM8K-via-code (pass@k needs n >= k; n > 1 needs
+    `temperature` > 0, else the samples are copies)."""
     pass_k: list[int] = field(default_factory=lambda: [1])
     """k values of pass@k."""
     temperature: float = 0.0
@@ -718,6 +781,11 @@ class EvaluateConfig:
         _non_negative("mmlu_shots", self.mmlu_shots)
         _one_of("gsm8k_mode", self.gsm8k_mode, ("code", "cot"))
         _positive("n_samples", self.n_samples)
+        if self.n_samples > 1 and self.temperature == 0:
+            _fail("n_samples", f"{self.n_samples} samples per problem at temperature 0 are "
+                  f"{self.n_samples} copies of the greedy completion, so pass@k would be pass@1: "
+                  f"set evaluate.temperature > 0 (Codex: 0.2 for pass@1, 0.8 for pass@100) or "
+                  f"n_samples: 1")
         for k in self.pass_k:
             if not 1 <= k <= self.n_samples:
                 _fail("pass_k", f"k={k} needs 1 <= k <= n_samples ({self.n_samples})")
@@ -1242,15 +1310,22 @@ class Config:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
-        """Stable hash of the result-affecting fields of the named sections (operational
-        fields, marked with `operational()`, are left out: see phi_lib.provenance)."""
+        """Stable hash of the result-affecting fields of the named sections, or dotted keys of
+        one (`model.tokenizer`); operational fields, marked with `operational()`, are left out
+        (see phi_lib.provenance)."""
         from phi_lib.provenance import digest
 
         return digest(self.results_view(*sections))
 
     def results_view(self, *sections: str) -> dict[str, Any]:
-        """`{section: its result-affecting fields}`: what a fingerprint's config holds."""
-        return {s: results_view(getattr(self, s)) for s in sections}
+        """`{section or dotted key: its result-affecting fields}`: what a fingerprint's config holds."""
+        out = {}
+        for key in sections:
+            obj = self
+            for part in key.split("."):
+                obj = getattr(obj, part)
+            out[key] = results_view(obj)
+        return out
 
     def hash(self) -> str:
         """Stable hash of everything that changes results (not names or folders)."""
@@ -1264,6 +1339,13 @@ class Config:
         if not root.is_absolute():
             root = project_root() / root
         return root / self.run.name
+
+
+def section_value(d: dict, key: str) -> Any:
+    """A section of `Config.to_dict()`, or a dotted key inside one (`model.tokenizer`)."""
+    for part in key.split("."):
+        d = d[part]
+    return d
 
 
 # ----------------------------------------------------------------------------- loading
@@ -1296,6 +1378,14 @@ def _resolve(cfg: Config) -> None:
     ft = cfg.mix.finetune
     if ft.source is not None and ft.total_tokens is None and cfg.finetune_tokens() > 0:
         ft.total_tokens = cfg.finetune_tokens()  # not > 0: train.finetune's check names the key
+    if cfg.model.tokenizer is None:  # the preset's (an unknown preset: model.preset's check names it)
+        from phi_lib.model.config import PRESETS, TOKENIZERS
+
+        if cfg.model.preset in PRESETS:
+            if cfg.model.preset not in TOKENIZERS:
+                _fail("model.tokenizer", f"preset {cfg.model.preset!r} has no default tokenizer: "
+                      "set model.tokenizer")
+            cfg.model.tokenizer = TOKENIZERS[cfg.model.preset]
 
 
 def parse_set(items: list[str]) -> dict[str, str]:
@@ -1479,7 +1569,7 @@ def _unknown(name: str, known, what: str) -> str:
     return f"unknown {what} {name!r}{hint} (known: {', '.join(map(str, known))})"
 
 
-MOVED_KEYS = {"train.finetune.source": "mix.finetune.source"}
+MOVED_KEYS = {"train.finetune.source": "mix.finetune.source", "mix.tokenizer": "model.tokenizer"}
 """Keys that moved to another section, so an old params file is told where they went."""
 
 

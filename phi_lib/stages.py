@@ -24,7 +24,7 @@ class Stage:
     number: str
     name: str
     sections: tuple[str, ...]
-    """Config sections the stage's results depend on."""
+    """Config sections (or dotted keys of another stage's section) the stage's results depend on."""
     upstream: tuple[str, ...]
     """Stages whose outputs it reads."""
 
@@ -102,10 +102,11 @@ class Stage:
 STAGES: dict[str, Stage] = {s.number: s for s in (
     Stage("01", "synthesize", ("synth",), (), ("*/*.jsonl",)),
     Stage("02", "filter_web", ("filter",), (), ("kept/*.jsonl", "kept_code/*.jsonl")),
-    Stage("03", "mix", ("mix",), ("01", "02"), ("train/*", "val/*", "finetune/*", "mix.json")),
+    Stage("03", "mix", ("mix", "model.tokenizer"), ("01", "02"),  # packs with the model's tokenizer
+          ("train/*", "val/*", "finetune/*", "mix.json")),
     Stage("04", "model", ("model",), (), ("config.json",)),
     Stage("05", "train", ("train",), ("03", "04"),
-          ("checkpoints/*/config.json", "checkpoints/*/*.safetensors")),
+          ("checkpoints/*/config.json", "checkpoints/*/*.safetensors", "selected.json")),
     Stage("06", "evaluate", ("evaluate",), ("05",), ("results.json",)),
     Stage("07", "toxicity", ("toxicity",), ("05",), ("results.json",)),
     # 08 measures with stage 06's and 07's settings, so their sections are part of its results

@@ -26,3 +26,17 @@ class ScriptedBackend(Backend):
         seeds = seeds or [None] * len(prompts)
         return [Completion(text=self.answer(p, s), prompt_tokens=10, completion_tokens=50,
                            finish_reason=self.finish_reason) for p, s in zip(prompts, seeds)]
+
+
+def run_steps(cfg, backend, out=None, report=False):
+    """Stage 01's steps up to the filter (and the report if asked) with `backend`; the stage."""
+    from phi_lib.synth import SynthStage
+
+    stage = SynthStage(cfg, out, backend=backend)
+    stage.topics()
+    stage.prompts()
+    stage.generate(progress=False)
+    stage.filter()
+    if report:
+        stage.report()
+    return stage

@@ -213,3 +213,69 @@ def test_vllm_backend_skips_cleanly_when_not_installed():
         pytest.skip("vllm installed: covered by the gpu test")
     with pytest.raises(ImportError, match="vllm"):
         get_backend(BackendConfig(kind="vllm", cache=False))
+
+
+@pytest.mark.parametrize("body", ["this is not JSON", '{"object": "chat.completion"}',
+                                  '{"choices": []}'])
+def test_malformed_200_is_retried_then_fails_that_request_only(server, body):
+    """A 200 whose body is not an OpenAI completion (bad JSON, no choices) is retried like a
+    5xx; when it persists only that request comes back as an error: the batch survives."""
+    server.fail_next(2, 200, body=body)  # the first request's two attempts
+    b = client(server.base_url, max_retries=1, max_concurrency=1)
+    b.backoff_s = 0.01
+    out = b.generate(["a", "b", "c"], PARAMS)
+    assert out[0].finish_reason == "error" and "malformed" in out[0].error
+    assert [c.text for c in out[1:]] == ["echo:b:None", "echo:c:None"]
+    assert b.stats == {"requests": 4, "retries": 1, "errors": 1}
+    server.fail_next(1, 200, body=body)  # once: the retry gets a real answer
+    [c] = b.generate(["d"], PARAMS)
+    assert c.text == "echo:d:None" and b.stats["retries"] == 2
+
+
+def test_retry_after_is_honoured_up_to_a_cap(server):
+    """A server asking for `Retry-After: 3600` is waited on for at most `max_backoff_s`."""
+    server.fail_next(1, 503, retry_after="3600")
+    b = client(server.base_url, max_retries=1)
+    b.max_backoff_s = 0.4
+    t0 = time.perf_counter()
+    [c] = b.generate(["a"], PARAMS)
+    waited = time.perf_counter() - t0
+    assert c.text == "echo:a:None" and b.stats["retries"] == 1
+    assert 0.4 <= waited < 3.0  # honoured (waited the cap), but not an hour
+
+
+def test_retry_after_http_date_is_understood():
+    from email.utils import formatdate
+
+    from phi_lib.backends.openai_http import _retry_after
+
+    assert _retry_after("7") == 7.0 and _retry_after("junk") is None and _retry_after(None) is None
+    later = _retry_after(formatdate(time.time() + 120, usegmt=True))
+    assert 100 < later <= 121
+    assert _retry_after(formatdate(time.time() - 60, usegmt=True)) == 0.0
+
+
+def test_request_cache_is_keyed_by_the_model_identity(tmp_path):
+    """A changed model behind the same name (other weights in the folder) is never answered
+    from the cache; operational settings (batch size, device) share it."""
+    from phi_lib.backends import backend_identity
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights-1")
+    cfg = BackendConfig(model=str(model))
+    ident = backend_identity(cfg)
+    assert ident["model_identity"] != f"name:{model}"
+    assert backend_identity(BackendConfig(model=str(model), batch_size=1, device="cpu")) == ident
+    assert backend_identity(BackendConfig(model=str(model), dtype="float32")) != ident
+    inner = EchoBackend()
+    CachedBackend(inner, tmp_path / "c", identity="a").generate(["x"], PARAMS)
+    assert CachedBackend(inner, tmp_path / "c", identity="a").generate(["x"], PARAMS)[0].cached
+    assert not CachedBackend(inner, tmp_path / "c", identity="b").generate(["x"], PARAMS)[0].cached
+    wired = get_backend(BackendConfig(model=str(model), cache=True), cache_dir=tmp_path / "c")
+    (model / "model.safetensors").write_bytes(b"weights-2, other size")
+    assert backend_identity(cfg) != ident
+    rewired = get_backend(BackendConfig(model=str(model), cache=True), cache_dir=tmp_path / "c")
+    assert wired.identity and rewired.identity != wired.identity  # what get_backend keys by
+    assert backend_identity(BackendConfig(kind="openai", model="m", base_urls=["http://h/v1"])
+                            )["model_identity"] == "name:m"

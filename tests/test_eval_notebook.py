@@ -46,6 +46,15 @@ def test_eval_cli_writes_results_and_resumes(tmp_path):
     m = res["results"]["arc_challenge"]
     assert m["n"] == 3 and {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr"} <= set(m)
     assert res["model"] == "smollm2" and res["config_hash"] and "squad" in res["skipped"]
+    from phi_lib.hf_models import model_identity, smollm2_gguf
+    from phi_lib.provenance import file_digest
+
+    # the CLI's results carry the stage's fingerprints: the GGUF file's content identity
+    assert res["model_identity"] == model_identity("smollm2") == file_digest(smollm2_gguf())
+    fp = res["fingerprints"]["arc_challenge"]
+    assert fp["inputs"]["model"] == res["model_identity"] and fp["config"]["evaluate"]["limit"] == 3
+    assert {s["fingerprint"] for s in (json.loads(x) for x in (out / "samples" / "arc_challenge.jsonl")
+                                       .read_text().splitlines())} == {fp["key"]}
     samples = [json.loads(x) for x in (out / "samples" / "arc_challenge.jsonl").read_text().splitlines()]
     assert [len(s["loglikelihoods"]) for s in samples] == [len(s["choices"]) for s in samples]
     # a rerun reuses the finished task (resume), and a bad task name is a clear error

@@ -107,17 +107,15 @@ def test_sandbox_unavailable_stops_before_loading_the_model(tmp_path, monkeypatc
 
 def test_stage_06_manifest_records_the_isolation_obtained(tmp_path):
     from phi_lib.config import load
-    from phi_lib.evaluate.stage import write_stage_manifest
+    from phi_lib.evaluate.stage import EvalStage
     from phi_lib.sandbox import isolation_report
 
-    cfg = load("params/smoke.yaml", {"run.output_root": str(tmp_path)})
-    main = {"results": {"humaneval": {"pass@1": 0.5}}, "n": {"humaneval": 2},
-            "corrupt": {"humaneval": 0}, "skipped": {}, "time_s": {"humaneval": 1.0}}
-    m = write_stage_manifest(cfg, tmp_path, {cfg.evaluate.model: main})
+    cfg = load("params/smoke.yaml", {"run.output_root": str(tmp_path), "evaluate.tasks": ["humaneval"]})
+    m = EvalStage(cfg, tmp_path).write_manifest()
     assert m["sandbox"] == isolation_report(cfg.evaluate.sandbox_isolation) and m["sandbox"]["ok"]
     assert json.loads((tmp_path / "manifest.json").read_text())["sandbox"]["walls"] == m["sandbox"]["walls"]
-    main["results"] = {"arc_easy": {"acc": 0.5}}  # no code ran: nothing to claim
-    assert write_stage_manifest(cfg, tmp_path, {cfg.evaluate.model: main})["sandbox"] is None
+    cfg.evaluate.tasks = ["arc_easy"]  # no code runs: nothing to claim
+    assert EvalStage(cfg, tmp_path).write_manifest()["sandbox"] is None
 
 
 @needs_data

@@ -1,6 +1,7 @@
 """Stage 02 with real models: the datatrove block filters a corpus end to end through
 datatrove's LocalPipelineExecutor, and notebook 02 of the smoke run (the session `smoke_run`) wrote
-consistent annotations, classifier, kept shards and manifest."""
+consistent annotations, classifier, scores (all by the saved classifier), kept shards and
+manifest."""
 import json
 
 import numpy as np
@@ -87,5 +88,12 @@ def test_stage_02_outputs_of_the_smoke_run(smoke_run):
         assert min(d["score"] for d in kept) >= info["threshold"] == man["metrics"][f"{kind}/threshold"]
         for corpus, k in info["kept"].items():  # per source: kept <= read
             assert 0 < k <= man["counts"][f"{kind}/{corpus}/read"]
+    for kind, folder in (("web", "classifier"), ("code", "classifier_code")):  # one classifier
+        key = json.loads((out / folder / "classifier.json").read_text())["fingerprint"]["key"]
+        scored = [json.loads(line) for p in (out / "scored" / kind).glob("*.jsonl")
+                  for line in p.read_text().splitlines()]
+        assert len(scored) == man["counts"][f"{kind}/scored"] and {r["classifier"] for r in scored} == {key}
+    assert man["drops"] and all(k.split("/")[0] in ("web", "code") for k in man["drops"])
+    assert {"corpus:corpora/web/c4-en", "benchmark:humaneval"} <= set(man["inputs"])
     scores = load_classifier(out / "classifier").score(["The water cycle moves water from oceans to clouds."])
     assert len(scores) == 1 and isinstance(scores[0], float)

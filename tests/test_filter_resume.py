@@ -65,10 +65,9 @@ def test_scoring_resumes_without_loss_or_duplicates(tmp_path):
     assert len(keys) == len(set(keys)) and sorted(keys) == sorted(candidates)
     assert all({r["key"]: r["score"] for r in scored}[k] == s for k, s in before.items())
 
-    again.keep()
+    table = again.keep()  # per corpus: read, candidates, scored, kept
     thr = again.threshold("web")
     kept = [r["key"] for r in again.scored("web") if r["score"] >= thr]
-    table = again.kept_table()
     assert int(table["kept"].sum()) == len(kept) > 0
     ends = again.extremes(n=3)
     scores = sorted(r["score"] for r in scored)

@@ -127,7 +127,7 @@ def test_finetune_set_is_packed_beside_the_mixture_and_removed_when_unset(tmp_pa
     mix = json.loads((b.out / "mix.json").read_text())
     assert list(mix["sources"]) == ["alpha"] and mix["finetune"]["name"] == "finetune"
     assert mix["finetune"]["epochs"] > 1  # 60 short documents repeated to fill 3000 tokens
-    assert (b.out / "finetune" / "tokenized" / "finetune" / "tokens.bin").is_file()
+    assert (b.out / ".cache" / "finetune-tokenized" / "finetune" / "tokens.bin").is_file()
     man = json.loads((b.out / "manifest.json").read_text())
     assert man["metrics"]["finetune_windows"] == 3000 // 16 and man["counts"]["finetune/docs"] == 60
     # the same run without a finetune set: the stale set is gone, stage 05 cannot read it
@@ -142,7 +142,7 @@ def test_finetune_set_named_in_the_mixture_shares_its_tokens_and_validation_spli
                "beta": {"path": str(data_tmp / "data/corpora/beta"), "weight": 0.4}}
     b = build(mix_config(tmp_path, sources, total_tokens=4000, seq_len=16, val_fraction=0.1,
                          **{"finetune.source": "beta", "finetune.total_tokens": 800}))
-    assert not (b.out / "finetune" / "tokenized").exists()  # the mixture's cache of beta
+    assert not (b.out / ".cache" / "finetune-tokenized").exists()  # the mixture's cache of beta
     main = json.loads((b.out / "mix.json").read_text())
     ft = json.loads((b.out / "finetune" / "mix.json").read_text())
     assert list(ft["sources"]) == ["beta"] and ft["seq_len"] == 16 and ft["seed"] == 7
@@ -161,3 +161,24 @@ def test_missing_finetune_set_names_its_key(tmp_path, corpora):  # noqa: F811
                                           r"an output of stage 01 but .* does not exist: run stage 01 "
                                           r".*--set mix\.finetune\.source=corpora/"):
         MixBuilder(cfg, tmp_path / "o").resolve()
+
+
+def test_stage_output_source_reads_only_the_stage_data_files(tmp_path):
+    """A source naming a stage folder reads that stage's named outputs (its data shards), never
+    its manifest, done marker, step stats or executed notebook (they are not documents)."""
+    cfg = mix_config(tmp_path, {"synthetic": {"path": "01_synthesize", "weight": 1.0}},
+                     total_tokens=300, seq_len=16, val_fraction=0.0)
+    stage = cfg.run_dir / "01_synthesize"
+    docs = make_docs(30, 4, "syn")
+    write_jsonl(stage / "textbook" / "shard-00000.jsonl", docs[:20])
+    write_jsonl(stage / "code_exercises" / "shard-00000.jsonl", docs[20:])
+    (stage / "manifest.json").write_text(json.dumps({"stage": "01_synthesize", "counts": {}}, indent=2))
+    (stage / "stage.json").write_text(json.dumps({"stage": "01_synthesize"}, indent=2))
+    (stage / ".steps").mkdir()
+    (stage / ".steps" / "generate.json").write_text(json.dumps({"step": "generate"}, indent=2))
+    (stage / "report.json").write_text('{"not": "a document"}\n')
+    b = build(cfg)
+    table = b.sources_table()
+    assert table.loc["synthetic", "docs"] == 30 and table.loc["synthetic", "corrupt"] == 0
+    assert table.loc["synthetic", "records"] == 30
+    assert "synthetic" not in b.inputs and "tokenizer" in b.inputs  # 01 is covered by its outputs digest

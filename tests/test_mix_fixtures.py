@@ -33,8 +33,9 @@ def write_jsonl(path: Path, docs: list[str], field: str = "text", gz: bool = Fal
     return path
 
 
-def mix_config(tmp: Path, sources: dict, **mix):
-    """A config whose data folder and outputs live in `tmp`."""
+def mix_config(tmp: Path, sources: dict, name: str = "t", tokenizer: str | None = None, **mix):
+    """A config (run `name`, `model.tokenizer` or the default one) whose data folder and
+    outputs live in `tmp`."""
     shared = Path(__file__).resolve().parent.parent.parent / "shared"
     # the data folder holds the constructed corpora; the real tokenizer is linked in
     (tmp / "data").mkdir(parents=True, exist_ok=True)
@@ -46,7 +47,9 @@ def mix_config(tmp: Path, sources: dict, **mix):
     overrides = {"run.output_root": str(tmp / "outputs"), "run.data_dir": str(tmp / "data"),
                  "mix.sources": sources, "mix.num_proc": mix.pop("num_proc", 1)}
     overrides.update({f"mix.{k}": v for k, v in mix.items()})
-    return load({"run": {"name": "t", "seed": 7}}, overrides)
+    if tokenizer is not None:
+        overrides["model.tokenizer"] = tokenizer
+    return load({"run": {"name": name, "seed": 7}}, overrides)
 
 
 def build(cfg, progress=False):

@@ -14,7 +14,8 @@ def test_mix_notebook_runs_on_corpora(tmp_path):
     from phi_lib.run import run
 
     res = run(project_root() / "params" / "smoke.yaml", stages=["03"], report=False, overrides={
-        "run.output_root": str(tmp_path), "mix.total_tokens": "60000", "mix.num_proc": "2",
+        "run.output_root": str(tmp_path), "run.stages": ["03"],  # no stage-01/02 source here
+        "mix.total_tokens": "60000", "mix.num_proc": "2",
         "mix.sources": {"web": {"path": "corpora/web/c4-en", "weight": 0.5},
                         "textbooks": {"path": "corpora/textbook/dolma-synthetic-topics", "weight": 0.5}},
         "mix.finetune.source": "textbooks", "mix.finetune.total_tokens": "6400"},
@@ -24,6 +25,8 @@ def test_mix_notebook_runs_on_corpora(tmp_path):
     man = json.loads((out / "manifest.json").read_text())
     assert man["metrics"]["share/web"] == pytest.approx(0.5, abs=0.05)
     assert (out / "mixture.png").is_file() and (out / "executed.ipynb").is_file()
+    assert set(man["timings"]) == {"tokenize", "plan", "pack"}  # every step recorded its stats
+    assert {"web", "textbooks", "tokenizer"} <= set(man["inputs"])  # the corpora and tokenizer read
     ds = PackedDataset(out, "train")
     assert ds.seq_len == 128 and len(ds) == man["metrics"]["train_windows"] > 400
     assert len(PackedDataset(out, "val")) > 0

@@ -8,9 +8,12 @@ from phi_lib.model.planning import flops_per_token, memory_per_gpu, memory_table
 
 pytestmark = pytest.mark.unit
 
-# Published sizes of the real models (vocab 51200; phi-3-mini 32064).
+# Published sizes of the real models (vocab 51200; phi-3 32064).
+MINI, MEDIUM = 3_821_079_552, 13_960_238_080
 REAL = {"phi-1-small": 356_794_368, "phi-1": 1_418_270_720, "phi-1.5": 1_418_270_720,
-        "phi-2": 2_779_683_840, "phi-3-mini": 3_821_079_552}
+        "phi-2": 2_779_683_840, "phi-3-mini": MINI, "phi-3-mini-4k": MINI, "phi-3-mini-128k": MINI,
+        "phi-3.5-mini": MINI, "phi-3-medium": MEDIUM, "phi-3-medium-4k": MEDIUM,
+        "phi-3-medium-128k": MEDIUM}
 
 
 def meta_model(cfg):
@@ -31,6 +34,18 @@ def test_preset_parameter_counts(preset):
     counts = param_count(cfg)
     assert counts["embedding"] == by_module["embedding"] and counts["lm_head"] == by_module["lm_head"]
     assert counts["non_embedding"] == n - by_module["embedding"]
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p in REAL])
+def test_transformers_counts_the_same_parameters(preset):
+    """transformers' own model of the config.json we write, on the meta device."""
+    import transformers
+
+    hf = PhiConfig.from_preset(preset).to_hf_dict()
+    cls = transformers.PhiForCausalLM if hf["model_type"] == "phi" else transformers.Phi3ForCausalLM
+    with torch.device("meta"):
+        theirs = cls(transformers.AutoConfig.for_model(**{k: v for k, v in hf.items() if k != "architectures"}))
+    assert sum(p.numel() for p in theirs.parameters()) == REAL[preset]
 
 
 def test_phi_tiny_is_smoke_sized():

@@ -11,7 +11,7 @@ import tokenizers
 
 from phi_lib.data import to_hf_dataset
 from phi_lib.packed import PackedDataset
-from test_mix_fixtures import build, corpora, packed  # noqa: F401
+from test_mix_fixtures import build, corpora, mix_config, packed  # noqa: F401
 
 pytestmark = pytest.mark.unit
 EOS = 50256
@@ -59,7 +59,7 @@ def test_validation_is_split_by_document(packed, reference_tokenizer):  # noqa: 
         texts[split] = {reference_tokenizer.decode(stream[a:b - 1].tolist())
                         for a, b in zip(starts, starts[1:])}
     assert texts["val"] and not texts["train"] & texts["val"]
-    n_val = sum(int(m.sum()) for m in builder.val_mask.values())
+    n_val = sum(int(m.sum()) for m in builder.masks()[1].values())
     assert 0.04 < n_val / sum(len(d) for d in docs.values()) < 0.2  # val_fraction 0.1
     # every val document is packed once, except what the incomplete last window drops
     index = json.loads((builder.out / "val" / "index.json").read_text())
@@ -72,7 +72,7 @@ def test_epochs_and_shares_realized(packed, reference_tokenizer):  # noqa: F811
     mix = json.loads((builder.out / "mix.json").read_text())
     _, stream, starts = split_documents(builder.out, "train")
     counts = Counter(reference_tokenizer.decode(stream[a:b - 1].tolist()) for a, b in zip(starts, starts[1:]))
-    beta_train = [t for i, t in enumerate(docs["beta"]) if builder.train_mask["beta"][i]]
+    beta_train = [t for i, t in enumerate(docs["beta"]) if builder.masks()[0]["beta"][i]]
     beta_epochs = mix["plan"]["sources"]["beta"]["epochs"]
     assert 2.0 < beta_epochs < 4.5
     # each epoch is a full permutation: every training document repeats floor or ceil(epochs)
@@ -119,3 +119,43 @@ def test_pack_resumes_only_missing_shards(packed):  # noqa: F811
     assert shards[0].stat().st_mtime_ns == first_mtime, "a finished shard was rewritten"
     assert {p.name: p.read_bytes() for p in sorted(folder.glob("shard-*.bin"))} == before
     assert (folder / "index.json").is_file()
+
+
+def test_a_vocabulary_past_uint16_packs_as_uint32(corpora):  # noqa: F811
+    # phi-3-small: 100,352 ids, EOS 100257 (past 65,535: uint16 would wrap it to 34721)
+    from phi_lib.data.tokenizer import load_tokenizer
+
+    tmp, docs = corpora
+    cfg = mix_config(tmp, {"alpha": {"path": "corpora/alpha", "weight": 0.5},
+                           "beta": {"path": "corpora/beta", "weight": 0.5}}, name="wide",
+                     tokenizer="phi-3-small", total_tokens=6_000, seq_len=32, val_fraction=0.1,
+                     shard_tokens=32 * 50)
+    builder = build(cfg)
+    tok = load_tokenizer("phi-3-small")
+    cache = builder.out / ".cache" / "tokenized" / "alpha" / "state.json"  # the token cache
+    assert json.loads(cache.read_text())["dtype"] == "uint32"
+    index = json.loads((builder.out / "train" / "index.json").read_text())
+    assert (index["dtype"], index["vocab_size"], index["eos_id"]) == ("uint32", 100_352, 100_257)
+    mix = json.loads((builder.out / "mix.json").read_text())
+    assert (mix["dtype"], mix["tokenizer"], mix["vocab_size"]) == ("uint32", "phi-3-small", 100_352)
+    sizes = [(builder.out / "train" / name).stat().st_size for name in index["shards"]]
+    assert sizes[:-1] == [50 * 32 * 4] * (len(sizes) - 1) and sum(sizes) == index["n_tokens"] * 4
+    ds, stream, starts = split_documents(builder.out, "train")
+    assert ds.dtype == stream.dtype == np.uint32 and int(stream.max()) == 100_257
+    by_text = {t for ds_docs in docs.values() for t in ds_docs}
+    for a, b in zip(starts, starts[1:]):
+        assert stream[b - 1] == 100_257
+        text = tok.decode(stream[a: b - 1].tolist())
+        assert text in by_text and tok.encode(text) == stream[a: b - 1].tolist()
+    batch, _ = next(ds.iter_batches(4))
+    assert int(batch.max()) == 100_257  # the loader hands stage 05 the ids unchanged
+    assert to_hf_dataset(builder.out, "train")[0]["input_ids"] == ds[0].tolist()
+
+
+def test_token_dtype_follows_the_vocabulary():
+    from phi_lib.packed import token_dtype
+
+    assert [token_dtype(n).name for n in (32_011, 50_295, 65_536, 65_537, 100_352)] == [
+        "uint16", "uint16", "uint16", "uint32", "uint32"]
+    with pytest.raises(ValueError, match="vocab_size"):
+        token_dtype(0)

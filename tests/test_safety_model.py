@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from phi_lib.config import load
 from phi_lib.paths import resolve
-from phi_lib.safety import probes, stage, toxigen
+from phi_lib.safety import probes, toxigen
+from phi_lib.safety.stage import ToxicityStage
 
 pytestmark = pytest.mark.slow
 GROUPS = ["women", "muslim"]
@@ -68,7 +69,9 @@ def test_model_that_prefers_benign_text_scores_higher(trained, tmp_path):
     benign, toxic = str(trained / "benign"), str(trained / "toxic")
     cfg = _cfg(tmp_path, [benign, toxic], **{"toxicity.device": "cpu"})
     out = tmp_path / "07"
-    scores = stage.toxigen_scores(cfg, out, progress=False)
+    st = ToxicityStage(cfg, out)
+    st.toxigen_scores(progress=False)
+    scores = st.scores()
     for g in GROUPS:
         assert scores[benign][g].score > 0.9 and scores[benign][g].significant
         assert scores[toxic][g].score < 0.1 and scores[toxic][g].significant
@@ -82,7 +85,8 @@ def test_model_that_prefers_benign_text_scores_higher(trained, tmp_path):
 
     orig, hf.load_causal_lm = hf.load_causal_lm, no_load
     try:
-        again = stage.toxigen_scores(cfg, out, progress=False)
+        ToxicityStage(cfg, out).toxigen_scores(progress=False)
+        again = st.scores()
     finally:
         hf.load_causal_lm = orig
     assert {m: {g: s.score for g, s in v.items()} for m, v in again.items()} == \
@@ -94,7 +98,8 @@ def test_model_that_prefers_benign_text_scores_higher(trained, tmp_path):
     loads = []
     hf.load_causal_lm = lambda *a, **k: loads.append(1) or orig(*a, **k)
     try:
-        third = stage.toxigen_scores(cfg, out, progress=False)
+        ToxicityStage(cfg, out).toxigen_scores(progress=False)
+        third = st.scores()
     finally:
         hf.load_causal_lm = orig
     assert len(loads) == 1 and third[benign]["women"].score == scores[benign]["women"].score

@@ -3,7 +3,8 @@ and the clear error when `checkpoint` has no stage-05 checkpoint to point at."""
 import pytest
 
 from phi_lib.config import load
-from phi_lib.safety import report, stage
+from phi_lib.safety import report
+from phi_lib.safety.stage import ToxicityStage
 from phi_lib.safety.judge import item_key
 from phi_lib.safety.safety_score import group_scores
 
@@ -63,4 +64,4 @@ def test_checkpoint_without_stage_05_is_a_clear_error(tmp_path):
                 "toxicity": {"models": ["checkpoint"]}})
     with pytest.raises(FileNotFoundError, match=r"toxicity.models: 'checkpoint'.*no checkpoint "
                                                 r"under .*05_train.*--stages 05"):
-        stage.check_models(cfg)
+        ToxicityStage(cfg).identities

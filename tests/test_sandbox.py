@@ -421,17 +421,13 @@ def test_stage_01_manifest_records_the_isolation_obtained(tmp_path):
     """Stage 01 runs the exercises: its manifest says which walls they got (stage 06's:
     tests/test_eval_units.py)."""
     from phi_lib.config import load
-    from phi_lib.synth import write_stage_manifest
-    from phi_lib.synth.generate import SynthSummary
-    from phi_lib.synth.report import DiversityReport
+    from phi_lib.synth import SynthStage
 
     cfg = load("params/smoke.yaml", {"run.output_root": str(tmp_path)})
-    one = {"code_exercises": 2}
-    summary = SynthSummary(generated=one, kept=one, dropped={"code_exercises": {}},
-                           tokens=one, chars=one)
-    m = write_stage_manifest(cfg, tmp_path, summary, DiversityReport(), topics=[])
+    cfg.synth.kinds = {"code_exercises": 2}
+    m = SynthStage(cfg, tmp_path).write_manifest()
     assert m["sandbox"] == isolation_report("strict") and m["sandbox"]["ok"]
     assert {"net", "pid", "fs"} <= set(m["sandbox"]["walls"])
     assert json.loads((tmp_path / "manifest.json").read_text())["sandbox"] == m["sandbox"]
     cfg.synth.check_exercises = False  # no code ran: nothing to claim
-    assert write_stage_manifest(cfg, tmp_path, summary, DiversityReport(), topics=[])["sandbox"] is None
+    assert SynthStage(cfg, tmp_path).write_manifest()["sandbox"] is None

@@ -1,9 +1,11 @@
-"""Notebook 01_synthesize in the smoke run: real smollm2 generations, filtered, reported."""
+"""Notebook 01_synthesize in the smoke run: real smollm2 generations, filtered, reported, each
+record carrying the fingerprint of what produced it."""
 import json
 
 import pytest
 
 from phi_lib.io import iter_jsonl_files, read_jsonl
+from phi_lib.synth import generation_fingerprint
 
 pytestmark = pytest.mark.notebooks
 
@@ -12,6 +14,10 @@ def test_stage_01_outputs(smoke_run):
     out = smoke_run.cfg.run_dir / "01_synthesize"
     m = json.loads((out / "manifest.json").read_text())
     kinds = smoke_run.cfg.synth.kinds
+    gen = generation_fingerprint(smoke_run.cfg).key
+    assert m["counts"]["backend_errors"] == 0 and m["counts"]["corrupt_records"] == 0
+    assert "pending" not in m and set(m["timings"]) == {"topics", "prompts", "generate", "filter",
+                                                         "report"}
     for kind, n in kinds.items():
         kept = [r for f in iter_jsonl_files(out / kind) for r in read_jsonl(f)]
         dropped = [r for f in iter_jsonl_files(out / ".dropped" / kind) for r in read_jsonl(f)]
@@ -23,6 +29,10 @@ def test_stage_01_outputs(smoke_run):
         for r in kept:
             assert r["backend"] == "transformers" and r["model"] == "smollm2" and r["text"]
         assert m["metrics"][f"{kind}/tokens"] == sum(r["completion_tokens"] for r in kept)
+        raw = [r for f in iter_jsonl_files(out / ".generated" / kind) for r in read_jsonl(f)]
+        assert sorted(r["id"] for r in raw) == sorted(r["id"] for r in kept + dropped)
+        assert {r["fingerprint"] for r in raw + kept + dropped} == {gen}
+        assert len({r["filter_fingerprint"] for r in kept + dropped}) == 1
     assert m["counts"]["textbook/kept"] > 0  # smollm2 writes something that passes
     assert 0 < m["metrics"]["all/embedding_spread"] <= 2
     # stage 01 checks exercises in the sandbox: the manifest says behind which walls

@@ -99,3 +99,11 @@ def test_llm_expansion_dedups_and_stops_at_target():
     assert len(out) == 7 and backend.calls == 2  # 3 general + 4 code; round 2 adds nothing
     assert len(expand(seeds, ScriptedBackend(lambda p, s: lines), target=3,
                       sampling=SamplingConfig(), seed=1)) == 3
+
+
+def test_llm_expansion_stops_on_a_failed_request():
+    """A failed expansion request is not an empty answer: the run stops, naming the key."""
+    backend = ScriptedBackend(lambda p, s: "Tidal forces\n", finish_reason="error")
+    seeds = [Topic("the water cycle", "science", "general")]
+    with pytest.raises(RuntimeError, match=r"synth\.expand_topics_to: 1 of 1 .* failed"):
+        expand(seeds, backend, target=10, sampling=SamplingConfig(), seed=1)

@@ -1,4 +1,4 @@
-"""Stage 01 quality filters on constructed cases, through the real Synthesizer pipeline:
+"""Stage 01 quality filters on constructed cases, through the real stage steps:
 near-duplicates (MinHash), 13-gram decontamination against the benchmark files, exercises
 run against their asserts in the sandbox, repetition, length, truncation."""
 import json
@@ -9,9 +9,9 @@ import pytest
 
 from phi_lib.config import load
 from phi_lib.paths import data_path
-from phi_lib.synth import Synthesizer, build_prompts, read_samples, seed_taxonomy
+from phi_lib.synth import build_prompts, read_samples, seed_taxonomy
 from phi_lib.synth.quality import extract_code, repeated_ngram_fraction
-from synth_doubles import ScriptedBackend
+from synth_doubles import ScriptedBackend, run_steps
 
 pytestmark = pytest.mark.unit
 
@@ -26,7 +26,7 @@ OTHER = ("A budget is a plan for money. Write down what comes in each month, the
 
 
 def make(tmp_path, answers: dict, kinds: dict, **synth):
-    """Run the Synthesizer with a backend that answers prompt i of a kind with answers[kind][i]."""
+    """Run the stage with a backend that answers prompt i of a kind with answers[kind][i]."""
     cfg = load("params/smoke.yaml", {"run.output_root": str(tmp_path)})
     cfg.synth.kinds = kinds
     cfg.synth.decontaminate_against = ["gsm8k"]
@@ -36,8 +36,8 @@ def make(tmp_path, answers: dict, kinds: dict, **synth):
     script = {s.prompt: answers[s.kind][s.index] for s in specs}
     out = tmp_path / "01_synthesize"
     backend = ScriptedBackend(lambda p, seed: script[p])
-    summary = Synthesizer(cfg, out, backend).run(specs, progress=False)
-    return summary, out, specs
+    stage = run_steps(cfg, backend, out)
+    return stage.step_stats("filter"), out, specs
 
 
 def reasons(out, kind):
@@ -52,7 +52,7 @@ def test_near_duplicates_dropped_first_copy_kept(tmp_path):
     assert reasons(out, "textbook") == {2: "near_duplicate", 3: "near_duplicate"}
     drop = read_samples(out, "textbook", dropped=True)[0]
     assert drop["drop_detail"] == "textbook-0000000"
-    assert summary.dropped["textbook"] == {"near_duplicate": 2}
+    assert summary["drops"] == {"textbook/near_duplicate": 2}
 
 
 def test_decontamination_against_benchmark_13grams(tmp_path):
@@ -111,10 +111,10 @@ def test_sandbox_unavailable_stops_before_generating(tmp_path, monkeypatch):
     specs = build_prompts(cfg.synth, seed_taxonomy(), cfg.run.seed)
     backend = ScriptedBackend(lambda p, seed: GOOD.format(name=specs[0].function_name))
     with pytest.raises(sandbox.SandboxUnavailable, match="^synth.sandbox_isolation: .*'strict'"):
-        Synthesizer(cfg, tmp_path, backend).run(specs, progress=False)
+        run_steps(cfg, backend, tmp_path)
     assert backend.calls == 0
     cfg.synth.sandbox_isolation = "weak"
-    Synthesizer(cfg, tmp_path, backend).run(specs, progress=False)
+    run_steps(cfg, backend, tmp_path)
     assert backend.calls == 1 and [r["index"] for r in read_samples(tmp_path, "code_exercises")] == [0]
 
 
@@ -127,8 +127,7 @@ def test_exercise_cut_by_max_new_tokens_is_named_truncated(tmp_path):
     names = [s.function_name for s in specs]
     answers = {specs[0].prompt: GOOD.format(name=names[0]).split("assert")[0],
                specs[1].prompt: GOOD.format(name=names[1]).rstrip("`\n")}
-    Synthesizer(cfg, tmp_path, ScriptedBackend(lambda p, s: answers[p], finish_reason="length")
-                ).run(specs, progress=False)
+    run_steps(cfg, ScriptedBackend(lambda p, s: answers[p], finish_reason="length"), tmp_path)
     [drop] = read_samples(tmp_path, "code_exercises", dropped=True)
     assert drop["index"] == 0 and drop["drop_reason"] == "exercise_truncated"
     assert drop["drop_detail"].startswith("exercise_no_asserts: the completion hit max_new_tokens (48)")
@@ -142,7 +141,8 @@ def test_length_truncation_repetition_and_record_fields(tmp_path):
     assert reasons(out, "textbook") == {1: "too_short", 2: "repetition"}
     [rec] = read_samples(out, "textbook")
     for key in ("topic", "subject", "audience", "style", "kind", "backend", "model", "sampling",
-                "seed", "sample_seed", "prompt_hash", "prompt", "text", "completion_tokens"):
+                "seed", "sample_seed", "prompt_hash", "prompt", "text", "completion_tokens",
+                "fingerprint", "filter_fingerprint", "completion_hash"):
         assert key in rec, key
     assert rec["backend"] == "scripted" and rec["sampling"]["max_new_tokens"] == 48
     assert rec["prompt_hash"] == specs[0].prompt_hash
@@ -151,9 +151,7 @@ def test_length_truncation_repetition_and_record_fields(tmp_path):
     cfg = load("params/smoke.yaml", {"run.output_root": str(tmp_path / "t")})
     cfg.synth.kinds, cfg.synth.drop_truncated, cfg.synth.decontaminate_against = \
         {"textbook": 1}, True, []
-    specs = build_prompts(cfg.synth, seed_taxonomy(), 1)
-    Synthesizer(cfg, tmp_path / "t", ScriptedBackend(lambda p, s: ESSAY, finish_reason="length")
-                ).run(specs, progress=False)
+    run_steps(cfg, ScriptedBackend(lambda p, s: ESSAY, finish_reason="length"), tmp_path / "t")
     assert reasons(tmp_path / "t", "textbook") == {0: "truncated"}
 
 

@@ -17,9 +17,10 @@ def shared() -> Path:
     return Path(os.environ.get("PHI_DATA", ROOT.parent / "shared"))
 
 
-def build_tiny_mix(folder: Path, seq_len: int = 64, **mix) -> Path:
-    """`folder/03_mix` from ~40K tokens of real CCNet web documents (`mix` overrides more
-    `mix.*` keys, e.g. `**{"finetune.source": "web"}`)."""
+def build_tiny_mix(folder: Path, seq_len: int = 64, tokenizer: str | None = None, **mix) -> Path:
+    """`folder/03_mix` from ~40K tokens of real CCNet web documents, tokenized with
+    `tokenizer` (default: the smoke model's codegen); `mix` overrides more `mix.*` keys, e.g.
+    `**{"finetune.source": "web"}`."""
     import datasets
 
     from phi_lib.data import MixBuilder
@@ -31,7 +32,8 @@ def build_tiny_mix(folder: Path, seq_len: int = 64, **mix) -> Path:
     cfg = load({"run": {"name": "mix", "seed": 7, "output_root": str(folder)}},
                {"mix.sources": {"web": {"hf_dataset": str(folder / "docs")}},
                 "mix.total_tokens": 40_000, "mix.seq_len": seq_len, "mix.val_fraction": 0.1,
-                "mix.num_proc": 1, **{f"mix.{k}": v for k, v in mix.items()}})
+                "mix.num_proc": 1, **{f"mix.{k}": v for k, v in mix.items()},
+                **({"model.tokenizer": tokenizer} if tokenizer else {})})
     out = cfg.run_dir / "03_mix"
     out.mkdir(parents=True, exist_ok=True)
     b = MixBuilder(cfg, out, progress=False)
@@ -46,14 +48,17 @@ def tiny_mix(tmp_path_factory) -> Path:
     return build_tiny_mix(tmp_path_factory.mktemp("train_mix"))
 
 
-def train_config(tmp: Path, mix_dir: Path, name: str = "t", mix: dict | None = None, **train):
-    """A run in `tmp/<name>` over `mix_dir` (linked as its 03_mix) with the tiny model;
-    `mix` overrides `mix.*` keys (as the run that packed `mix_dir` had them)."""
+def train_config(tmp: Path, mix_dir: Path, name: str = "t", mix: dict | None = None,
+                 model: dict | None = None, **train):
+    """A run in `tmp/<name>` over `mix_dir` (linked as its 03_mix) with the tiny model (or
+    the `model.*` keys of `model`); `mix` overrides `mix.*` keys (as the run that packed
+    `mix_dir` had them)."""
     run_dir = tmp / name
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "03_mix").exists():
         (run_dir / "03_mix").symlink_to(mix_dir)
-    overrides = {"run.output_root": str(tmp), "run.name": name, **TINY_MODEL,
+    tiny = {f"model.{k}": v for k, v in model.items()} if model is not None else TINY_MODEL
+    overrides = {"run.output_root": str(tmp), "run.name": name, **tiny,
                  "train.launcher": "single", "train.precision": "fp32", "train.schedule": "linear",
                  "train.lr": 3e-3, "train.warmup_steps": 2, "train.max_steps": 8,
                  "train.global_batch_size": 8, "train.micro_batch_size": 4,

@@ -160,3 +160,148 @@ def test_summary_adds_the_tokens_of_every_phase(tmp_path):
     m = summarize(tmp_path)["metrics"]
     assert m["tokens"] == 4 * 512 + 2 * 256 and m["finetune_tokens"] == 2 * 256
     assert m["steps"] == 6 and m["finetune_final_val_loss"] == 5.5 and m["first_train_loss"] == 9.0
+
+
+# ----------------------------------------------------------------------------- provenance
+def _state(cfg, step: int, phase: str = "pretrain") -> dict:
+    from phi_lib.train.fingerprint import phase_fingerprint
+
+    return {"step": step, "phase": phase, "fingerprint": phase_fingerprint(cfg, phase).to_dict()}
+
+
+def test_which_changes_a_checkpoint_may_resume_across(tmp_path):
+    from phi_lib.train.fingerprint import blocking_changes, phase_of
+    from phi_lib.train.phases import plan_phases
+
+    (tmp_path / "smoke" / "03_mix" / "finetune").mkdir(parents=True)
+    (tmp_path / "smoke" / "03_mix" / "finetune" / "mix.json").write_text("{}")
+
+    def _blocking(old: dict, new: dict, step: int, phase: str = "pretrain") -> list[str]:
+        base = {"run.output_root": str(tmp_path)}
+        a = load(ROOT / "params" / "smoke.yaml", {**base, **old})
+        b = load(ROOT / "params" / "smoke.yaml", {**base, **new})
+        state = _state(a, step, phase)
+        return blocking_changes(state, b, phase_of(state, plan_phases(b, tmp_path)))
+
+    # the change: another lr is another run
+    assert _blocking({}, {"train.lr": "3e-3"}, 20) == ["train.lr"]
+    # max_steps under linear decay changes the lr of every step: a change
+    assert _blocking({}, {"train.max_steps": "80"}, 20) == ["train.max_steps"]
+    # under the constant schedule the steps trained so far are what a longer run trains
+    const = {"train.schedule": "constant"}
+    assert _blocking(const, {**const, "train.max_steps": "80"}, 40) == []
+    assert _blocking(const, {**const, "train.max_steps": "30"}, 40) == ["train.max_steps"]  # past the end
+    # stop_at: the schedule runs over max_steps wherever the run stops (phi-1-base -> 36K)
+    assert _blocking({"train.stop_at": "20"}, {}, 20) == []
+    assert _blocking({}, {"train.stop_at": "30"}, 40) == ["train.stop_at"]
+    # not in a checkpoint's fingerprint: pruning, selection, operational fields
+    assert _blocking({}, {"train.keep_last": "9", "train.finetune.select_by": "last",
+                          "train.log_every": "1", "train.tensorboard": "false"}, 40) == []
+    assert _blocking({}, {"model.hidden_size": "256"}, 40) == ["model.hidden_size"]
+    assert _blocking({}, {"run.seed": "7"}, 40) == ["run.seed"]
+    # a pretraining checkpoint does not depend on the finetune's settings; a finetune one does
+    ft = {"train.finetune.enabled": "true", "train.finetune.global_batch_size": "4",
+          "mix.finetune.source": "textbooks"}
+    assert _blocking(ft, {**ft, "train.finetune.lr": "1e-3"}, 40) == []
+    assert _blocking(ft, {**ft, "train.finetune.lr": "1e-3"}, 45, "finetune") == ["train.finetune.lr"]
+    assert _blocking(ft, {**ft, "train.lr": "3e-3"}, 45, "finetune") == ["train.lr"]
+
+
+def test_a_checkpoint_without_a_fingerprint_is_not_resumed(tmp_path):
+    from phi_lib.provenance import StaleArtifact
+    from phi_lib.train.fingerprint import check_resume
+
+    cfg = load(ROOT / "params" / "smoke.yaml", {"run.output_root": str(tmp_path)})
+    out = cfg.run_dir / "05_train"
+    tmp = ckpt.tmp_dir(out / "checkpoints", 40)
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text("{}")
+    ckpt.finalize(out / "checkpoints", 40, {"step": 40, "phase": "pretrain"})  # an older run's
+    with pytest.raises(StaleArtifact, match=r"checkpoint step-40 .*\(no fingerprint\) changed"):
+        check_resume(cfg, out)
+
+
+def test_phi_1_base_is_the_24k_checkpoint_of_the_36k_schedule(tmp_path):
+    from phi_lib.train.phases import plan_phases
+
+    base = load(ROOT / "params" / "phi-1-base.yaml", {"run.output_root": str(tmp_path)})
+    (pre,) = plan_phases(base, tmp_path)
+    assert (pre.steps, pre.schedule_steps, pre.last_step) == (24000, 36000, 24000)
+    # its last update's lr is the 36K run's at that step, not a decay to 0 over 24K
+    lr = lr_at(23999, schedule="linear", lr=1e-3, warmup_steps=750, max_steps=pre.schedule_steps)
+    assert lr == pytest.approx(1e-3 * (36000 - 23999) / (36000 - 750))
+    assert lr_at(23999, schedule="linear", lr=1e-3, warmup_steps=750, max_steps=24000) < 1e-7
+
+
+def test_finetune_start_and_stop_at_are_checked(tmp_path):
+    ft = {"train.finetune.enabled": "true", "train.finetune.global_batch_size": "4",
+          "mix.finetune.source": "textbooks"}
+    with pytest.raises(ConfigError, match=r"^train\.stop_at: must be in 1\.\.max_steps \(40\), got 50"):
+        load(ROOT / "params" / "smoke.yaml", {"train.stop_at": "50"})
+    with pytest.raises(ConfigError, match=r"^train\.finetune\.from_step: 30 is past the "
+                                          r"pretraining's last step 20"):
+        load(ROOT / "params" / "smoke.yaml", {**ft, "train.stop_at": "20",
+                                             "train.finetune.from_step": "30"})
+    with pytest.raises(ConfigError, match=r"^train\.finetune\.select_by: unknown value 'bleu'"):
+        load(ROOT / "params" / "smoke.yaml", {"train.finetune.select_by": "bleu"})
+    cfg = load(ROOT / "params" / "smoke.yaml", {**ft, "run.output_root": str(tmp_path),
+                                                "train.stop_at": "30", "train.finetune.from_step": "20"})
+    assert (cfg.train.pretrain_steps, cfg.train.finetune_start) == (30, 20)
+
+
+def _fake_ckpt(root: Path, step: int, phase: str, val_loss=None, val_step=None) -> None:
+    tmp = ckpt.tmp_dir(root, step)
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text("{}")
+    ckpt.finalize(root, step, {"step": step, "phase": phase, "val_loss": val_loss,
+                               "val_step": val_step or (step if val_loss is not None else None)})
+
+
+def test_selection_picks_the_lowest_val_loss_and_pruning_keeps_it(tmp_path):
+    import json
+
+    from phi_lib.train.select import check_selectable, protected_steps, select
+
+    (tmp_path / "03_mix" / "finetune" / "val").mkdir(parents=True)
+    (tmp_path / "03_mix" / "finetune" / "mix.json").write_text("{}")
+    cfg = load(ROOT / "params" / "smoke.yaml", {
+        "run.output_root": str(tmp_path.parent), "run.name": tmp_path.name,
+        "mix.finetune.source": "textbooks", "train.finetune.enabled": "true",
+        "train.finetune.global_batch_size": "4", "train.finetune.max_steps": "5",
+        "train.finetune.from_step": "20"})
+    # selecting by val loss needs a val split of the finetune set: known before training
+    with pytest.raises(ValueError, match=r"^train\.finetune\.select_by=val_loss: the finetune "
+                                         r"set has no validation windows"):
+        check_selectable(cfg)
+    (tmp_path / "03_mix" / "finetune" / "val" / "index.json").write_text(json.dumps({"n_windows": 3}))
+    check_selectable(cfg)
+    out = cfg.run_dir / "05_train"
+    root = out / "checkpoints"
+    for step, phase, val in ((20, "pretrain", 3.0), (40, "pretrain", 2.9), (41, "finetune", 2.5),
+                             (42, "finetune", 2.1), (43, "finetune", 2.3), (44, "finetune", 2.4)):
+        _fake_ckpt(root, step, phase, val)
+        ckpt.prune(root, keep_last=1, protect=protected_steps(cfg, out))  # as the loop does
+    assert [s for s, _ in ckpt.list_checkpoints(root)] == [20, 42, 44]  # start, best, last
+    sel = select(cfg, out)
+    assert (sel["step"], sel["value"], sel["select_by"]) == (42, 2.1, "val_loss")
+    # a val loss measured at an earlier step than the checkpoint's is not its val loss
+    _fake_ckpt(root, 45, "finetune", val_loss=1.0, val_step=44)
+    assert select(cfg, out)["step"] == 42
+    cfg.train.finetune.select_by = "last"
+    assert select(cfg, out)["step"] == 45
+
+
+def test_the_selected_checkpoint_is_what_checkpoint_resolves_to(tmp_path):
+    from phi_lib.hf_models import resolve_model
+    from phi_lib.trained import selected_checkpoint, write_selected
+
+    out = tmp_path / "05_train"
+    for step in (4, 8):
+        _fake_ckpt(out / "checkpoints", step, "finetune")
+    assert selected_checkpoint(tmp_path) == out / "checkpoints" / "step-8"  # none selected yet
+    write_selected(out, {"step": 4, "checkpoint": "checkpoints/step-4"})
+    assert resolve_model("checkpoint", tmp_path) == str(out / "checkpoints" / "step-4")
+    write_selected(out, {"step": 6, "checkpoint": "checkpoints/step-6"})
+    with pytest.raises(FileNotFoundError, match=r"selected\.json selects checkpoints/step-6, which "
+                                                r"is not a complete checkpoint: rerun stage 05"):
+        selected_checkpoint(tmp_path)

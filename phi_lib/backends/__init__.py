@@ -7,6 +7,10 @@
 `kind` picks the implementation: `transformers` (local model, the embedded default),
 `openai` (any OpenAI-compatible HTTP server: vLLM, TGI, llama.cpp, hosted APIs) or `vllm`
 (in-process, GPU). With `cache: true` every completion is stored on disk by request hash.
+
+:func:`backend_identity` is what a generated artifact's fingerprint records of its backend:
+the result-affecting settings plus the content digest of a local model file or folder, so a
+changed model behind the same name is a different generator (also for the request cache).
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from typing import Optional
 from phi_lib.backends.base import Backend, Completion, Prompt
 from phi_lib.config import BackendConfig
 
-__all__ = ["Backend", "Completion", "Prompt", "get_backend", "default_cache_dir"]
+__all__ = ["Backend", "Completion", "Prompt", "backend_identity", "default_cache_dir",
+           "get_backend", "model_path"]
 
 
 def default_cache_dir() -> Path:
@@ -24,6 +29,31 @@ def default_cache_dir() -> Path:
     from phi_lib.hf_models import cache_dir
 
     return cache_dir() / "requests"
+
+
+def model_path(cfg: BackendConfig, run_dir=None) -> Optional[Path]:
+    """The local model file or folder a local backend loads; None for a hub name or a model
+    served over HTTP (then its name is all we know of it)."""
+    from phi_lib import hf_models
+
+    if cfg.kind == "openai":
+        return None
+    if cfg.model == "smollm2":
+        return hf_models.smollm2_gguf()
+    if cfg.model == "checkpoint":
+        return hf_models.latest_checkpoint(run_dir) if run_dir is not None else None
+    path = Path(cfg.model).expanduser()
+    return path if path.exists() else None
+
+
+def backend_identity(cfg: BackendConfig, run_dir=None) -> dict:
+    """What decides a backend's completions: its result-affecting settings (kind, model, dtype;
+    not endpoints, concurrency or batch size) and `model_identity`, the content digest of the
+    local model file/folder (`name:<model>` for a hub or server model)."""
+    from phi_lib.provenance import model_identity, results_view
+
+    return {**results_view(cfg), "model_identity": model_identity(model_path(cfg, run_dir),
+                                                                  name=cfg.model)}
 
 
 def get_backend(cfg: BackendConfig, cache_dir: Optional[Path] = None, *, run_dir=None,
@@ -51,5 +81,7 @@ def get_backend(cfg: BackendConfig, cache_dir: Optional[Path] = None, *, run_dir
     if not cfg.cache:
         return backend
     from phi_lib.backends.cache import CachedBackend
+    from phi_lib.provenance import digest
 
-    return CachedBackend(backend, Path(cache_dir) if cache_dir is not None else default_cache_dir())
+    return CachedBackend(backend, Path(cache_dir) if cache_dir is not None else default_cache_dir(),
+                         identity=digest(backend_identity(cfg, run_dir)))

@@ -1,7 +1,9 @@
 """On-disk request cache: (model, prompt, sampling params, seed) hash -> completion.
 
 A rerun of a stage (after a crash, or with a downstream change) then costs nothing for the
-requests already answered. SQLite gives atomic, concurrent-safe writes from several
+requests already answered. The key includes the backend's identity (settings and the content
+digest of a local model), so a changed model behind the same name is never answered from
+the cache. SQLite gives atomic, concurrent-safe writes from several
 processes; failed completions (`finish_reason == "error"`) are never cached.
 """
 from __future__ import annotations
@@ -61,17 +63,19 @@ class RequestCache:
 class CachedBackend(Backend):
     """Wraps a backend: answers from the cache, sends only the misses to the backend."""
 
-    def __init__(self, inner: Backend, folder: Path):
+    def __init__(self, inner: Backend, folder: Path, identity: str = ""):
         self.inner = inner
         self.cache = RequestCache(folder)
         self.name, self.model = inner.name, inner.model
+        self.identity = identity
+        """`phi_lib.backends.backend_identity` digest: part of every request key."""
         self.hits = self.misses = 0
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingConfig, *, chat: bool = True,
                  logprobs: int = 0, progress: bool = False,
                  seeds: Optional[Sequence[int]] = None) -> list[Completion]:
         seeds = check_seeds(prompts, seeds)
-        keys = [request_key(f"{self.name}:{self.model}", p, params, chat=chat, logprobs=logprobs,
+        keys = [request_key(f"{self.name}:{self.model}:{self.identity}", p, params, chat=chat, logprobs=logprobs,
                             seed=s) for p, s in zip(prompts, seeds)]
         found = self.cache.get_many(keys)
         todo = [i for i, k in enumerate(keys) if k not in found]

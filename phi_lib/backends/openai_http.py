@@ -2,9 +2,12 @@
 
 Requests go out asynchronously (httpx) with at most `max_concurrency` in flight, spread over
 `base_urls` (the least busy endpoint first), under an optional global rate limit. A 429, a
-5xx, a timeout or a dropped connection is retried with exponential backoff and jitter
-(honouring `Retry-After`); after `max_retries` the completion comes back with
-`finish_reason="error"` and the reason, so one bad request does not sink a whole run.
+5xx, a timeout, a dropped connection or a malformed 200 (not JSON, no `choices`) is retried
+with exponential backoff and jitter, or after the server's `Retry-After` (seconds or an HTTP
+date), both capped at `max_backoff_s`, so a server asking for an hour does not stall a run;
+after `max_retries` the completion comes back with `finish_reason="error"` and the reason, so
+one bad request does not sink a whole batch. Such errors are not results: callers retry
+them on their next run (the request cache never stores them).
 """
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ class OpenAIBackend(Backend):
     name = "openai"
 
     def __init__(self, cfg: BackendConfig, *, backoff_s: float = 0.5, max_backoff_s: float = 30.0):
+        """`backoff_s`: the first retry's delay (doubled each time, with jitter);
+        `max_backoff_s`: the longest wait between attempts, `Retry-After` included."""
         if not cfg.base_urls:
             raise ValueError("backend.base_urls: the openai backend needs at least one endpoint")
         self.cfg, self.model = cfg, cfg.model
@@ -161,27 +166,40 @@ class OpenAIBackend(Backend):
             try:
                 r = await client.post(self.urls[e] + path, json=body)
                 if r.status_code == 200:
-                    return parse_response(r.json(), chat, endpoint=self.urls[e])
-                last = f"HTTP {r.status_code} from {self.urls[e]}: {r.text[:300]}"
-                if r.status_code not in RETRY_STATUS:
-                    break
-                retry_after = _retry_after(r.headers.get("retry-after"))
+                    try:
+                        return parse_response(r.json(), chat, endpoint=self.urls[e])
+                    except (ValueError, HTTPError) as exc:  # a proxy's error page, a cut body
+                        last = f"malformed HTTP 200 from {self.urls[e]}: {exc}"[:400]
+                else:
+                    last = f"HTTP {r.status_code} from {self.urls[e]}: {r.text[:300]}"
+                    if r.status_code not in RETRY_STATUS:
+                        break
+                    retry_after = _retry_after(r.headers.get("retry-after"))
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last = f"{type(exc).__name__} from {self.urls[e]}: {exc}"
             finally:
                 in_flight[e] -= 1
             if attempt < self.cfg.max_retries:
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** attempt)
-                delay = retry_after if retry_after is not None else delay * (0.5 + random.random())
-                await asyncio.sleep(delay)
+                delay = self.backoff_s * 2 ** attempt * (0.5 + random.random())
+                await asyncio.sleep(min(self.max_backoff_s,
+                                        retry_after if retry_after is not None else delay))
         self.stats["errors"] += 1
         return Completion(text="", finish_reason="error", error=last)
 
 
 def _retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds a `Retry-After` header asks to wait (delay-seconds or an HTTP date), or None."""
+    if value is None:
+        return None
     try:
-        return max(0.0, float(value)) if value is not None else None
+        return max(0.0, float(value))
     except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
         return None
 
 

@@ -9,7 +9,9 @@ throughput. It exists to run the workbook's HTTP path end to end without a GPU s
 (tests, perf, a laptop); at scale point `base_urls` at vLLM/TGI instead.
 
 `fail_next(n, status)` makes the next `n` requests fail with `status` (then it recovers):
-the way tests exercise a client's retries against a real server.
+the way tests exercise a client's retries against a real server. `retry_after` sets the
+`Retry-After` header of those answers, `body` replaces their JSON error (a 200 with a body
+that is not an OpenAI completion is a malformed reply).
 """
 from __future__ import annotations
 
@@ -50,10 +52,12 @@ class OpenAIServer:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
-    def fail_next(self, n: int, status: int = 503) -> None:
-        """The next `n` requests are answered with HTTP `status`; later ones are served."""
+    def fail_next(self, n: int, status: int = 503, *, retry_after: str = "0",
+                  body: Optional[str] = None) -> None:
+        """The next `n` requests are answered with HTTP `status` (and `Retry-After:
+        retry_after`, and `body` as the raw answer if given); later ones are served."""
         with self._lock:
-            self._faults.extend([status] * n)
+            self._faults.extend([(status, retry_after, body)] * n)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "OpenAIServer":
@@ -116,8 +120,13 @@ class OpenAIServer:
         if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"error": {"message": "invalid API key"}}, status=401)
         if fault is not None:
-            return web.json_response({"error": {"message": "injected failure", "code": fault}},
-                                     status=fault, headers={"Retry-After": "0"})
+            status, retry_after, raw = fault
+            headers = {"Retry-After": retry_after}
+            if raw is not None:
+                return web.Response(text=raw, status=status, headers=headers,
+                                    content_type="application/json")
+            return web.json_response({"error": {"message": "injected failure", "code": status}},
+                                     status=status, headers=headers)
         try:
             body = await request.json()
             prompt = body["messages"] if chat else body["prompt"]

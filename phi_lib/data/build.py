@@ -1,19 +1,30 @@
 """Stage 03 end to end, one step per notebook cell:
 
-    mix = MixBuilder(cfg, out)
-    mix.tokenize()       # per-source token caches (multi-process, resumable) -> sources table
-    mix.plan()           # tokens and epochs per source for the budget (+ warnings)
-    mix.pack()           # train/val windows as uint16 shards + index + mix.json
-                         # (+ the finetune set `mix.finetune` into finetune/, same format)
-    mix.write_manifest() # the stage contract read by the report
+    mix = MixBuilder(cfg, out)   # resolves every source first (a missing one fails here)
+    mix.tokenize()               # per-source token caches (multi-process, resumable) -> sources table
+    mix.plan()                   # tokens and epochs per source for the budget (+ warnings)
+    mix.plot()                   # mixture.png
+    mix.pack()                   # train/val windows as shards (uint16/uint32) + index + mix.json
+                                 # (+ the finetune set `mix.finetune` into finetune/, same format)
+    mix.samples()                # the first windows decoded
+    mix.write_manifest()         # every step's stats merged: the stage contract
 
-Deterministic by `run.seed`: the validation split, each source's epoch permutations and
-the interleaving of sources all derive from it.
+Steps share nothing in memory: each reads what the earlier ones wrote (the token caches under
+`.cache/tokenized/`, the plan in `.steps/plan.json`) and records its stats with
+`BaseStage.record`. Deterministic by `run.seed`: the validation split, each source's epoch
+permutations and the interleaving of sources all derive from it.
+
+Provenance (phi_lib.provenance): a token cache is keyed by its source's file contents, text
+field, tokenizer files and EOS rule (phi_lib.data.tokenize); the packed splits, their
+`index.json` and `mix.json` carry the stage's *data fingerprint*: the result-affecting `mix`
+and `run` fields, the upstream stages' outputs digests and every token cache's key. A pack
+whose fingerprint still matches is reused; any other is rewritten, its old shards removed
+first. The operational knobs (`num_proc`, `batch_docs`, `shard_tokens`, `max_epochs_warning`)
+are in no fingerprint: the windows a reader sees do not depend on them.
 """
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -24,170 +35,269 @@ from phi_lib.data.finetune import FINETUNE_SOURCE, finetune_config, is_mix_sourc
 from phi_lib.data.mixture import MixturePlan, plan_mixture
 from phi_lib.data.pack import train_order, val_order, write_split
 from phi_lib.data.sources import Source, resolve_source
-from phi_lib.data.tokenize import TokenizedSource, tokenize_source
-from phi_lib.io import atomic_write_json, write_manifest
-from phi_lib.packed import FINETUNE_DIR, MIX_FILE, TOKEN_DTYPE
+from phi_lib.data.tokenize import TokenizedSource, cache_fingerprint, tokenize_source
+from phi_lib.io import atomic_write_json, read_json
+from phi_lib.packed import FINETUNE_DIR, INDEX_FILE, MIX_FILE, token_dtype
+from phi_lib.provenance import Fingerprint
+from phi_lib.stage_base import BaseStage
+
+CACHE_DIR = Path(".cache") / "tokenized"
+"""Token caches, under the stage folder (keyed by content, so `--force` keeps them)."""
+FINETUNE_CACHE_DIR = Path(".cache") / "finetune-tokenized"
+"""Token cache of a finetune set given as a path (a name in `mix.sources` shares the mixture's)."""
+FIGURE = "mixture.png"
 
 
-class MixBuilder:
-    """Builds `<run>/03_mix/` from `cfg.mix`.
+class Mixture:
+    """One packed mixture: its sources, their token caches and its splits (the stage's mixture,
+    or the finetune set packed into `finetune/` with the config `finetune_config` rewrites)."""
 
-    `cache_dir` holds the per-source token caches (default `out/tokenized`); the finetune
-    set's builder shares its parent's when its source is one of `mix.sources`.
-    """
+    def __init__(self, cfg: Config, folder: Path, cache_dir: Path, sources: dict[str, Source],
+                 progress: bool = True):
+        self.cfg, self.mc, self.folder, self.cache_dir = cfg, cfg.mix, Path(folder), Path(cache_dir)
+        self.sources, self.progress = sources, progress
 
-    def __init__(self, cfg: Config, out: Path, progress: bool = True,
-                 cache_dir: Optional[Path] = None):
-        self.cfg, self.out, self.progress = cfg, Path(out), progress
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.out / "tokenized"
-        self.mc = cfg.mix
-        self.finetune: Optional[MixBuilder] = None
-        """The finetune set (`mix.finetune`), packed into `out/finetune/` by `pack()`."""
-        if self.mc.finetune.source is not None:
-            shared = is_mix_source(cfg)
-            self.finetune = MixBuilder(finetune_config(cfg), self.out / FINETUNE_DIR, progress,
-                                       cache_dir=self.cache_dir if shared else None)
-        self.sources: dict[str, Source] = {}
-        self.tokenized: dict[str, TokenizedSource] = {}
-        self.train_mask: dict[str, np.ndarray] = {}
-        self.val_mask: dict[str, np.ndarray] = {}
-        self.mixture: Optional[MixturePlan] = None
-        self.mix_info: Optional[dict] = None
-        self.timings: dict[str, float] = {}
+    def cache_keys(self) -> dict[str, str]:
+        """Each source's token-cache key (content of its files, tokenizer, text field, EOS rule)."""
+        return {n: cache_fingerprint(s, self.cfg.model.tokenizer, self.cfg.run.data_dir).key
+                for n, s in self.sources.items()}
 
-    # ------------------------------------------------------------------ steps
-    def resolve(self) -> dict[str, Source]:
-        """Find every source first, so a missing one fails before any work."""
-        if not self.mc.sources:
-            raise ValueError("mix.sources is empty: name at least one source")
-        self.sources = {n: resolve_source(n, s.path, s.hf_dataset, text_field=s.text_field,
-                                          run_dir=self.cfg.run_dir, data_dir=self.cfg.run.data_dir)
-                        for n, s in self.mc.sources.items()}
-        if self.finetune is not None:  # found before any work too
-            ft = self.mc.finetune.source
-            self.finetune.sources = {ft: self.sources[ft]} if is_mix_source(self.cfg) else {
-                FINETUNE_SOURCE: resolve_source(FINETUNE_SOURCE, ft, None, text_field="text",
-                                                run_dir=self.cfg.run_dir, key="mix.finetune.source",
-                                                data_dir=self.cfg.run.data_dir)}
-        return self.sources
+    def tokenize(self) -> dict[str, TokenizedSource]:
+        """Tokenize every source into its cache (reusing or resuming it); memory-mapped."""
+        return {n: tokenize_source(s, self.cache_dir / n, self.cfg.model.tokenizer, data_dir=self.cfg.run.data_dir,
+                                   num_proc=self.mc.num_proc, batch_docs=self.mc.batch_docs,
+                                   progress=self.progress)
+                for n, s in self.sources.items()}
 
-    def tokenize(self):
-        """Tokenize each source (cached under `tokenized/`); returns the sources table."""
-        if not self.sources:
-            self.resolve()
-        t0 = time.time()
-        for name, src in self.sources.items():
-            self.tokenized[name] = tokenize_source(
-                src, self.cache_dir / name, self.mc.tokenizer, data_dir=self.cfg.run.data_dir,
-                num_proc=self.mc.num_proc, batch_docs=self.mc.batch_docs, progress=self.progress)
-            ts = self.tokenized[name]
-            self.val_mask[name] = ts.is_val(self.cfg.run.seed, self.mc.val_fraction)
-            self.train_mask[name] = ~self.val_mask[name]
-        self.timings["tokenize_s"] = round(time.time() - t0, 2)
-        return self.sources_table()
+    def masks(self, tokenized: dict[str, TokenizedSource]) -> tuple[dict, dict]:
+        """(train, val) document masks per source: the seeded, content-based validation draw."""
+        val = {n: ts.is_val(self.cfg.run.seed, self.mc.val_fraction) for n, ts in tokenized.items()}
+        return {n: ~m for n, m in val.items()}, val
 
-    def sources_table(self):
+    def table(self, tokenized: dict[str, TokenizedSource]):
         import pandas as pd
 
-        rows = []
-        for name, ts in self.tokenized.items():
-            tr, va = self.train_mask[name], self.val_mask[name]
-            rows.append({"source": name, "where": self.sources[name].describe(),
-                         "records": ts.state.get("read_records", 0), "docs": ts.n_docs,
-                         "train_docs": int(tr.sum()), "val_docs": int(va.sum()),
-                         "train_tokens": int((ts.lengths[tr] + 1).sum()),
-                         "val_tokens": int((ts.lengths[va] + 1).sum()),
-                         "corrupt": ts.state.get("corrupt", 0), "empty": ts.state.get("empty", 0)})
+        train, val = self.masks(tokenized)
+        rows = [{"source": n, "where": self.sources[n].describe(),
+                 "records": ts.state.get("read_records", 0), "docs": ts.n_docs,
+                 "train_docs": int(train[n].sum()), "val_docs": int(val[n].sum()),
+                 "train_tokens": int((ts.lengths[train[n]] + 1).sum()),
+                 "val_tokens": int((ts.lengths[val[n]] + 1).sum()),
+                 "corrupt": ts.state.get("corrupt", 0), "empty": ts.state.get("empty", 0)}
+                for n, ts in tokenized.items()]
         return pd.DataFrame(rows).set_index("source")
 
-    def plan(self) -> MixturePlan:
-        """Token targets and epochs per source (warns past `max_epochs_warning`)."""
-        if not self.tokenized:
-            self.tokenize()
-        avail = {n: int((ts.lengths[self.train_mask[n]] + 1).sum()) for n, ts in self.tokenized.items()}
-        docs = {n: int(self.train_mask[n].sum()) for n in self.tokenized}
+    def plan(self, tokenized: dict[str, TokenizedSource]) -> MixturePlan:
+        train, _ = self.masks(tokenized)
+        avail = {n: int((ts.lengths[train[n]] + 1).sum()) for n, ts in tokenized.items()}
+        docs = {n: int(train[n].sum()) for n in tokenized}
         phases = [(p.until_tokens, p.weights) for p in self.mc.phases] or None
         names = [p.name or f"phase {i + 1}" for i, p in enumerate(self.mc.phases)] or None
-        self.mixture = plan_mixture(avail, {n: s.weight for n, s in self.mc.sources.items()},
-                                    self.mc.total_tokens, phases, phase_names=names,
-                                    available_docs=docs, max_epochs_warning=self.mc.max_epochs_warning)
-        return self.mixture
+        return plan_mixture(avail, {n: s.weight for n, s in self.mc.sources.items()},
+                            self.mc.total_tokens, phases, phase_names=names,
+                            available_docs=docs, max_epochs_warning=self.mc.max_epochs_warning)
 
-    def pack(self):
-        """Write the train/val windows, the finetune set if any, then `mix.json`; returns a table
-        of the splits (the finetune set's as `finetune/train`, `finetune/val`)."""
-        import pandas as pd
-
-        from phi_lib.data.tokenizer import load_tokenizer
-
-        if self.mixture is None:
-            self.plan()
-        t0 = time.time()
-        (self.out / MIX_FILE).unlink(missing_ok=True)  # readers never see a half-rewritten mix
-        tok = load_tokenizer(self.mc.tokenizer, data_dir=self.cfg.run.data_dir)
-        seed = self.cfg.run.seed
-        splits = {"train": write_split(self.out / "train", train_order(
-            self.mixture, self.tokenized, self.train_mask, seed), self.tokenized, seq_len=self.mc.seq_len,
-            shard_tokens=self.mc.shard_tokens, eos_id=tok.eos_id, max_tokens=self.mc.total_tokens,
-            progress=self.progress)}
-        if self.mc.val_fraction > 0:
-            splits["val"] = write_split(self.out / "val", val_order(list(self.tokenized), self.val_mask, seed),
-                                        self.tokenized, seq_len=self.mc.seq_len,
-                                        shard_tokens=self.mc.shard_tokens, eos_id=tok.eos_id,
-                                        progress=self.progress)
+    def pack(self, tokenized: dict[str, TokenizedSource], plan: MixturePlan, fingerprint: dict,
+             eos_id: int, vocab_size: int, extra: Optional[dict] = None) -> dict:
+        """Write the splits, then `mix.json` (last: it marks the folder complete); its content."""
+        (self.folder / MIX_FILE).unlink(missing_ok=True)  # readers never see a half-rewritten mix
+        train, val = self.masks(tokenized)
+        seed, mc = self.cfg.run.seed, self.mc
+        common = dict(seq_len=mc.seq_len, shard_tokens=mc.shard_tokens, eos_id=eos_id,
+                      vocab_size=vocab_size,
+                      progress=self.progress, fingerprint=fingerprint)
+        splits = {"train": write_split(self.folder / "train", train_order(plan, tokenized, train, seed),
+                                       tokenized, max_tokens=mc.total_tokens, **common)}
+        if mc.val_fraction > 0:
+            splits["val"] = write_split(self.folder / "val", val_order(list(tokenized), val, seed),
+                                        tokenized, **common)
             if splits["val"].n_windows == 0:
                 import warnings
 
-                warnings.warn(f"the validation split has fewer than seq_len={self.mc.seq_len} "
+                warnings.warn(f"the validation split has fewer than seq_len={mc.seq_len} "
                               "tokens: no validation windows (raise mix.val_fraction)")
-        finetune = self.pack_finetune()
-        self.timings["pack_s"] = round(time.time() - t0, 2)
-        table = self.sources_table()
-        self.mix_info = {
-            "seq_len": self.mc.seq_len, "dtype": np.dtype(TOKEN_DTYPE).name, "tokenizer": self.mc.tokenizer,
-            "eos_id": tok.eos_id, "vocab_size": len(tok), "seed": seed,
-            "val_fraction": self.mc.val_fraction,
+        else:
+            shutil.rmtree(self.folder / "val", ignore_errors=True)  # an earlier config's split
+        table = self.table(tokenized)
+        info = {
+            "seq_len": mc.seq_len, "dtype": token_dtype(vocab_size).name, "tokenizer": self.cfg.model.tokenizer,
+            "eos_id": eos_id, "vocab_size": vocab_size, "seed": seed, "val_fraction": mc.val_fraction,
             "splits": {k: {"n_windows": v.n_windows, "n_tokens": v.n_tokens, "n_docs": v.n_docs,
-                           "dropped_tail_tokens": v.dropped_tail_tokens, "shards": v.shards,
-                           "phases": v.phases, "tokens_by_source": v.tokens_by_source}
+                           "dropped_tail_tokens": v.dropped_tail_tokens, "phases": v.phases,
+                           "tokens_by_source": v.tokens_by_source, "content_digest": v.content_digest}
                        for k, v in splits.items()},
             "sources": {n: {**{k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()},
-                            "corrupt_examples": self.tokenized[n].state.get("corrupt_examples", [])}
+                            "corrupt_examples": tokenized[n].state.get("corrupt_examples", [])}
                         for n, row in table.to_dict("index").items()},
-            "plan": self.mixture.to_dict(),
-        }
-        if finetune is not None:
-            self.mix_info["finetune"] = self.finetune_summary()
-        atomic_write_json(self.out / MIX_FILE, self.mix_info)  # last: marks the mix complete
-        rows = pd.DataFrame([{"split": k, "windows": v.n_windows, "tokens": v.n_tokens,
-                              "documents": v.n_docs, "shards": len(v.shards),
-                              "dropped_tail_tokens": v.dropped_tail_tokens}
-                             for k, v in splits.items()]).set_index("split")
-        if finetune is None:
-            return rows
-        return pd.concat([rows, finetune.rename(index=lambda k: f"{FINETUNE_DIR}/{k}")])
+            "plan": plan.to_dict(), **(extra or {}), "fingerprint": fingerprint}
+        atomic_write_json(self.folder / MIX_FILE, info)
+        return info
 
-    def pack_finetune(self):
-        """Pack the finetune set into `out/finetune/` (its own `mix.json`); its splits table, or
-        None without a finetune set (a stale folder from an earlier config is removed)."""
-        if self.finetune is None:
-            shutil.rmtree(self.out / FINETUNE_DIR, ignore_errors=True)
-            return None
-        if not self.sources:
-            self.resolve()
-        self.finetune.tokenize()
-        self.finetune.plan()
-        return self.finetune.pack()
+    def is_packed(self, key: str) -> bool:
+        """Whether the folder holds a complete pack carrying fingerprint `key`."""
+        info = _read(self.folder / MIX_FILE)
+        if info is None or (info.get("fingerprint") or {}).get("key") != key:
+            return False
+        for split in info["splits"]:
+            index = _read(self.folder / split / INDEX_FILE)
+            if index is None or (index.get("fingerprint") or {}).get("key") != key or not all(
+                    (self.folder / split / s).is_file() for s in index["shards"]):
+                return False
+        return True
 
-    def finetune_summary(self) -> dict:
-        """What `mix.json` records of the finetune set (its own `finetune/mix.json` has all)."""
-        ft, info = self.finetune, self.finetune.mix_info
-        ((name, usage),) = ft.mixture.sources.items()
-        return {"dir": FINETUNE_DIR, "source": self.mc.finetune.source, "name": name,
-                "total_tokens": ft.mc.total_tokens, "available_tokens": usage.available_tokens,
-                "epochs": round(info["splits"]["train"]["n_tokens"] / max(1, usage.available_tokens), 4),
-                "splits": {k: {"n_windows": v["n_windows"], "n_tokens": v["n_tokens"]}
-                           for k, v in info["splits"].items()}}
+
+class MixBuilder(BaseStage):
+    """Stage 03: builds `<run>/03_mix/` from `cfg.mix` (see the module docstring)."""
+
+    number = "03"
+
+    def __init__(self, cfg: Config, out: Optional[Path] = None, progress: bool = True):
+        super().__init__(cfg, out)
+        self.mc, self.progress = cfg.mix, progress
+        self.mixtures: dict[str, Mixture] = {}
+        """`main` (the mixture in `out/`) and, with `mix.finetune.source`, `finetune`."""
+        self.resolve()
+
+    # ------------------------------------------------------------------ sources
+    def resolve(self) -> dict[str, Source]:
+        """Find every source first (a missing one fails before any work); register the data
+        files read (corpora, local datasets, the tokenizer) as the stage's inputs."""
+        from phi_lib.data.tokenizer import load_tokenizer
+
+        if not self.mc.sources:
+            raise ValueError("mix.sources is empty: name at least one source")
+        run_dir, data_dir = self.cfg.run_dir, self.cfg.run.data_dir
+        sources = {n: resolve_source(n, s.path, s.hf_dataset, text_field=s.text_field,
+                                     run_dir=run_dir, data_dir=data_dir)
+                   for n, s in self.mc.sources.items()}
+        cache = self.out / CACHE_DIR
+        self.mixtures = {"main": Mixture(self.cfg, self.out, cache, sources, self.progress)}
+        ft = self.mc.finetune.source
+        if ft is not None:
+            if is_mix_source(self.cfg):  # the mixture's source: its cache and validation split
+                ft_sources = {ft: sources[ft]}
+            else:
+                cache = self.out / FINETUNE_CACHE_DIR
+                ft_sources = {FINETUNE_SOURCE: resolve_source(
+                    FINETUNE_SOURCE, ft, None, text_field="text", run_dir=run_dir,
+                    key="mix.finetune.source", data_dir=data_dir)}
+            self.mixtures["finetune"] = Mixture(finetune_config(self.cfg), self.out / FINETUNE_DIR,
+                                                cache, ft_sources, self.progress)
+        covered = {u for u in self.spec.upstream if u in self.cfg.run.stages}
+        for label, m in self.mixtures.items():
+            for n, src in m.sources.items():
+                # a stage output read here is covered by that stage's outputs digest
+                path = src.input_path() if src.stage_dir is None or src.stage_dir.name[:2] in covered \
+                    else src.path
+                if path is not None:
+                    self.inputs[n if label == "main" else f"finetune/{n}"] = path
+        tok = load_tokenizer(self.cfg.model.tokenizer, data_dir=data_dir)
+        if not tok.source.startswith("hub:"):
+            self.inputs["tokenizer"] = Path(tok.source)
+        return sources
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        return self.mixtures["main"].sources
+
+    @property
+    def finetune(self) -> Optional[Mixture]:
+        return self.mixtures.get("finetune")
+
+    def cache_keys(self) -> dict[str, str]:
+        """`{<mixture>/<source>: token-cache key}` of every source."""
+        return {f"{label}/{n}": k for label, m in self.mixtures.items() for n, k in m.cache_keys().items()}
+
+    def data_fingerprint(self) -> Fingerprint:
+        """What the plan and the packed splits are a function of: the stage's fingerprint
+        (result-affecting `run`/`mix` fields, upstream outputs) plus every token cache's key."""
+        fp = self.fingerprint
+        caches = {f"tokens/{k}": v for k, v in self.cache_keys().items()}
+        return Fingerprint.of(config=fp.config, inputs={**fp.inputs, **caches})
+
+    # ------------------------------------------------------------------ steps
+    def tokenize(self):
+        """Tokenize each source (cached under `.cache/tokenized/`); returns the sources table."""
+        for legacy in (self.out / "tokenized", self.out / FINETUNE_DIR / "tokenized"):
+            shutil.rmtree(legacy, ignore_errors=True)  # caches moved under .cache/
+        counts, drops = {}, {"corrupt_record": 0, "empty_text": 0}
+        with self.timed() as t:
+            for label, m in self.mixtures.items():
+                for n, ts in m.tokenize().items():
+                    prefix = f"{n}/" if label == "main" else "finetune/"
+                    st = ts.state
+                    counts.update({f"{prefix}records": st.get("read_records", 0),
+                                   f"{prefix}docs": ts.n_docs, f"{prefix}tokens": int(ts.lengths.sum()),
+                                   f"{prefix}corrupt": st.get("corrupt", 0),
+                                   f"{prefix}empty": st.get("empty", 0)})
+                    if label == "main" or not is_mix_source(self.cfg):  # count each source once
+                        drops["corrupt_record"] += st.get("corrupt", 0)
+                        drops["empty_text"] += st.get("empty", 0)
+        self.record("tokenize", fingerprint=Fingerprint.of(inputs=self.cache_keys()), counts=counts,
+                    drops=drops, seconds=t["seconds"])
+        return self.sources_table()
+
+    def sources_table(self):
+        """One row per source: records, documents, train/val documents and tokens, corrupt, empty."""
+        return self.mixtures["main"].table(self._tokenized("main"))
+
+    def masks(self, label: str = "main") -> tuple[dict, dict]:
+        """(train, val) document masks per source of a mixture."""
+        m = self.mixtures[label]
+        return m.masks(self._tokenized(label))
+
+    def plan(self) -> MixturePlan:
+        """Token targets and epochs per source (warns past `max_epochs_warning`); the
+        mixture's plan (the finetune set's is recorded beside it)."""
+        with self.timed() as t:
+            plans = {label: m.plan(self._tokenized(label)) for label, m in self.mixtures.items()}
+        main = plans["main"]
+        counts = {}
+        for n, row in self.sources_table().iterrows():
+            counts.update({f"{n}/train_docs": int(row["train_docs"]), f"{n}/val_docs": int(row["val_docs"])})
+        if self.finetune is not None:
+            (row,) = [r for _, r in self.finetune.table(self._tokenized("finetune")).iterrows()]
+            counts.update({"finetune/train_docs": int(row["train_docs"]),
+                           "finetune/val_docs": int(row["val_docs"])})
+        self.record("plan", fingerprint=self.data_fingerprint(), counts=counts,
+                    metrics={"total_tokens": main.total_tokens, "unique_tokens": main.unique_tokens,
+                             "epochs": round(main.epochs, 4)},
+                    seconds=t["seconds"], plans={k: p.to_dict() for k, p in plans.items()},
+                    warnings=main.warnings)
+        return main
+
+    def plot(self):
+        """The mixture plot (tokens per source, unique vs repeated; the phase schedule)."""
+        fig = self._plans()["main"].plot()
+        self.save_figure(fig, FIGURE)
+        return fig
+
+    def pack(self):
+        """Write the train/val windows, the finetune set if any, then `mix.json` (reused when
+        they carry the current fingerprint); returns a table of the splits (the finetune set's
+        as `finetune/train`, `finetune/val`)."""
+        from phi_lib.data.tokenizer import load_tokenizer
+
+        fp = self.data_fingerprint()
+        if self.step_current("pack", fp) and all(m.is_packed(fp.key) for m in self.mixtures.values()):
+            return self.splits_table()
+        plans = self._plans()
+        tok = load_tokenizer(self.cfg.model.tokenizer, data_dir=self.cfg.run.data_dir)
+        (self.out / MIX_FILE).unlink(missing_ok=True)  # not complete until rewritten below
+        with self.timed() as t:
+            extra = {}
+            if self.finetune is None:
+                shutil.rmtree(self.out / FINETUNE_DIR, ignore_errors=True)  # an earlier config's
+            else:
+                ft = self.finetune.pack(self._tokenized("finetune"), plans["finetune"], fp.to_dict(),
+                                        tok.eos_id, len(tok))
+                extra["finetune"] = self._finetune_summary(ft, plans["finetune"])
+            info = self.mixtures["main"].pack(self._tokenized("main"), plans["main"], fp.to_dict(),
+                                              tok.eos_id, len(tok), extra)
+        self.record("pack", fingerprint=fp, metrics=self._pack_metrics(info, plans["main"]),
+                    counts={f"{k}_windows": v["n_windows"] for k, v in info["splits"].items()},
+                    seconds=t["seconds"])
+        return self.splits_table()
 
     def samples(self, n: int = 3, split: str = "train", chars: int = 400):
         """The first `n` windows decoded, EOS shown as the tokenizer writes it (a DataFrame)."""
@@ -196,42 +306,89 @@ class MixBuilder:
         from phi_lib.data.tokenizer import load_tokenizer
         from phi_lib.packed import PackedDataset
 
-        tok = load_tokenizer(self.mc.tokenizer, data_dir=self.cfg.run.data_dir)
+        tok = load_tokenizer(self.cfg.model.tokenizer, data_dir=self.cfg.run.data_dir)
         ds = PackedDataset(self.out, split)
         rows = [{"window": i, "doc_starts": ds.doc_starts(i).tolist(),
                  "text": tok.decode(ds[i].tolist())[:chars]} for i in range(min(n, len(ds)))]
         return pd.DataFrame(rows).set_index("window")
 
     def write_manifest(self) -> dict:
-        if self.mix_info is None:
-            raise RuntimeError("pack() first")
-        fig = "mixture.png"
-        if not (self.out / fig).is_file():
+        """The stage contract: every step's stats merged, the plot, the plan's warnings."""
+        if not all(m.is_packed(self.data_fingerprint().key) for m in self.mixtures.values()):
+            raise RuntimeError(f"{self.out}: no current pack: run pack() first")
+        if FIGURE not in self.figures:
             import matplotlib.pyplot as plt
 
-            plt.close(self.mixture.plot(self.out / fig))
-        plan = self.mixture
-        metrics = {"total_tokens": plan.total_tokens, "unique_tokens": plan.unique_tokens,
-                   "epochs": round(plan.epochs, 4),
-                   "train_windows": self.mix_info["splits"]["train"]["n_windows"],
-                   "val_windows": self.mix_info["splits"].get("val", {}).get("n_windows", 0)}
-        if "finetune" in self.mix_info:
-            ft = self.mix_info["finetune"]
+            plt.close(self.plot())
+        return super().write_manifest(warnings=(self.step_stats("plan") or {}).get("warnings", []))
+
+    # ------------------------------------------------------------------ reading back
+    @property
+    def mix_info(self) -> Optional[dict]:
+        """`mix.json` as written by the last pack, or None."""
+        return _read(self.out / MIX_FILE)
+
+    def splits_table(self):
+        """One row per packed split (`finetune/<split>` for the finetune set's), from `mix.json`."""
+        import pandas as pd
+
+        rows = []
+        for label, m in self.mixtures.items():
+            for k, v in read_json(m.folder / MIX_FILE)["splits"].items():
+                shards = read_json(m.folder / k / INDEX_FILE)["shards"]
+                rows.append({"split": k if label == "main" else f"{FINETUNE_DIR}/{k}",
+                             "windows": v["n_windows"], "tokens": v["n_tokens"], "documents": v["n_docs"],
+                             "shards": len(shards), "dropped_tail_tokens": v["dropped_tail_tokens"]})
+        return pd.DataFrame(rows).set_index("split")
+
+    def _tokenized(self, label: str) -> dict[str, TokenizedSource]:
+        """A mixture's token caches, tokenizing first unless every one is complete and current."""
+        m = self.mixtures[label]
+        if not all(_cache_done(m.cache_dir / n, k) for n, k in m.cache_keys().items()):
+            self.tokenize()
+        return {n: TokenizedSource.open(n, m.cache_dir / n) for n in m.sources}
+
+    def _plans(self) -> dict[str, MixturePlan]:
+        """The plans the plan step recorded (planning first unless it is current)."""
+        if not self.step_current("plan", self.data_fingerprint()):
+            self.plan()
+        return {k: MixturePlan.from_dict(d) for k, d in self.step_stats("plan")["plans"].items()}
+
+    def _finetune_summary(self, info: dict, plan: MixturePlan) -> dict:
+        """What `mix.json` records of the finetune set (its own `finetune/mix.json` has all)."""
+        ((name, usage),) = plan.sources.items()
+        return {"dir": FINETUNE_DIR, "source": self.mc.finetune.source, "name": name,
+                "total_tokens": plan.total_tokens, "available_tokens": usage.available_tokens,
+                "epochs": round(info["splits"]["train"]["n_tokens"] / max(1, usage.available_tokens), 4),
+                "splits": {k: {"n_windows": v["n_windows"], "n_tokens": v["n_tokens"],
+                               "content_digest": v["content_digest"]}
+                           for k, v in info["splits"].items()}}
+
+    @staticmethod
+    def _pack_metrics(info: dict, plan: MixturePlan) -> dict:
+        """Windows, and each source's share and epochs as written (whole documents), not as planned."""
+        train = info["splits"]["train"]
+        metrics = {"train_windows": train["n_windows"],
+                   "val_windows": info["splits"].get("val", {}).get("n_windows", 0)}
+        if "finetune" in info:
+            ft = info["finetune"]
             metrics.update({"finetune_windows": ft["splits"]["train"]["n_windows"],
                             "finetune_val_windows": ft["splits"].get("val", {}).get("n_windows", 0),
                             "finetune_epochs": ft["epochs"]})
-        realized = self.mix_info["splits"]["train"]["tokens_by_source"]
-        packed = max(1, self.mix_info["splits"]["train"]["n_tokens"])
-        for n, s in plan.sources.items():  # as written (whole documents), not as planned
-            metrics[f"share/{n}"] = round(realized[n] / packed, 4)
-            metrics[f"epochs/{n}"] = round(realized[n] / max(1, s.available_tokens), 4)
-        counts = {}
-        for n, info in self.mix_info["sources"].items():
-            counts.update({f"{n}/docs": info["docs"], f"{n}/corrupt": info["corrupt"],
-                           f"{n}/empty": info["empty"], f"{n}/val_docs": info["val_docs"]})
-        if self.finetune is not None and self.finetune.mix_info is not None:
-            (info,) = self.finetune.mix_info["sources"].values()
-            counts.update({"finetune/docs": info["docs"], "finetune/corrupt": info["corrupt"],
-                           "finetune/empty": info["empty"], "finetune/val_docs": info["val_docs"]})
-        return write_manifest(self.out, self.cfg, "03", metrics=metrics, counts=counts,
-                              figures=[fig], timings=self.timings, warnings=plan.warnings)
+        packed = max(1, train["n_tokens"])
+        for n, s in plan.sources.items():
+            metrics[f"share/{n}"] = round(train["tokens_by_source"][n] / packed, 4)
+            metrics[f"epochs/{n}"] = round(train["tokens_by_source"][n] / max(1, s.available_tokens), 4)
+        return metrics
+
+
+def _cache_done(folder: Path, key: str) -> bool:
+    state = _read(folder / "state.json") or {}
+    return bool(state.get("done")) and (state.get("fingerprint") or {}).get("key") == key
+
+
+def _read(path: Path) -> Optional[dict]:
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None

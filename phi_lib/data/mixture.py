@@ -104,6 +104,14 @@ class MixturePlan:
                             for n, s in self.sources.items()},
                 "warnings": list(self.warnings)}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "MixturePlan":
+        """The plan `to_dict` wrote (what stage 03's plan step records for its pack step)."""
+        phases = [Phase(**p) for p in d["phases"]]
+        sources = {n: SourceUsage(n, s["available_tokens"], s["available_docs"], s["target_tokens"])
+                   for n, s in d["sources"].items()}
+        return cls(d["total_tokens"], phases, sources, d["max_epochs_warning"], list(d["warnings"]))
+
     def plot(self, path: Union[str, Path, None] = None):
         """Tokens per source (unique vs repeated) and the phase schedule; saved if `path`."""
         import matplotlib.pyplot as plt

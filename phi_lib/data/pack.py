@@ -9,7 +9,11 @@ layout of `phi_lib.packed` (shards, `doc_starts.npy`, then `index.json` last).
 
 Validation holds the held-out documents of every source once (split by document, never by
 window). Shards are written atomically and recorded in `<split>/progress.json` with the
-plan's fingerprint, so an interrupted run rewrites only the missing shards.
+layout's key (document order, token caches, window and shard sizes), so an interrupted run
+rewrites only the missing shards and a changed layout rewrites them all (the old ones are
+removed first). `index.json` records the stage's provenance fingerprint and a
+`content_digest` of what a reader sees (windows in order, document starts, phases), which
+does not depend on how the windows are split into shard files.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import numpy as np
 from phi_lib.data.mixture import MixturePlan
 from phi_lib.data.tokenize import TokenizedSource
 from phi_lib.io import atomic_open, atomic_write_json, read_json
-from phi_lib.packed import DOC_STARTS_FILE, INDEX_FILE, TOKEN_DTYPE, shard_name
+from phi_lib.packed import DOC_STARTS_FILE, INDEX_FILE, shard_name, token_dtype
 
 GATHER_TOKENS = 1 << 22  # tokens gathered per step while writing a shard (bounds memory)
 
@@ -131,15 +135,22 @@ class SplitInfo:
     phases: list[dict]
     tokens_by_source: dict[str, int]
     """Tokens of each source in the written windows (EOS included): the realized mixture."""
+    content_digest: str = ""
+    """Digest of the windows in order, document starts and phases (not of the shard split)."""
 
 
 def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSource], *,
-                seq_len: int, shard_tokens: int, eos_id: int, max_tokens: Optional[int] = None,
-                progress: bool = True) -> SplitInfo:
+                seq_len: int, shard_tokens: int, eos_id: int, vocab_size: int,
+                max_tokens: Optional[int] = None, progress: bool = True,
+                fingerprint: Optional[dict] = None) -> SplitInfo:
     """Pack `order` into `folder` (resuming a previous partial write of the same order).
 
     `max_tokens` caps the stream (the token budget): whole documents overshoot it slightly.
+    `fingerprint` (what produced the split: phi_lib.provenance) is recorded in `index.json`.
     """
+    dtype = token_dtype(vocab_size)  # uint16, or uint32 past 65,536 ids (recorded in index.json)
+    if eos_id >= vocab_size:
+        raise ValueError(f"eos_id {eos_id} is not below vocab_size {vocab_size}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lengths = order.lengths(tokenized)
@@ -149,16 +160,18 @@ def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSou
     n_tokens = n_windows * seq_len
     per_shard = max(1, shard_tokens // seq_len)
     n_shards = -(-n_windows // per_shard)
-    fingerprint = _fingerprint(order, tokenized, seq_len, per_shard, eos_id, n_windows)
+    layout = _fingerprint(order, tokenized, seq_len, per_shard, eos_id, n_windows)
 
     progress_path = folder / "progress.json"
     done = set()
-    if progress_path.is_file() and read_json(progress_path).get("fingerprint") == fingerprint:
+    (folder / INDEX_FILE).unlink(missing_ok=True)  # rewritten last: marks the split complete
+    if progress_path.is_file() and read_json(progress_path).get("layout") == layout:
         done = set(read_json(progress_path)["done"])
     else:
+        progress_path.unlink(missing_ok=True)
         for stale in folder.glob("shard-*.bin"):
             stale.unlink()
-        (folder / INDEX_FILE).unlink(missing_ok=True)
+    content = hashlib.sha256()
 
     bar = None
     if progress:
@@ -170,19 +183,24 @@ def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSou
         w0, w1 = k * per_shard, min(n_windows, (k + 1) * per_shard)
         path = folder / shard_name(k)
         shards.append(path.name)
-        expected = (w1 - w0) * seq_len * np.dtype(TOKEN_DTYPE).itemsize
+        expected = (w1 - w0) * seq_len * dtype.itemsize
         if path.name in done and path.is_file() and path.stat().st_size == expected:
+            with open(path, "rb") as f:  # a shard of this layout written before: reused
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    content.update(chunk)
             if bar is not None:
                 bar.update((w1 - w0) * seq_len)
             continue
         with atomic_open(path, "wb") as f:
             for a in range(w0 * seq_len, w1 * seq_len, GATHER_TOKENS):
                 b = min(w1 * seq_len, a + GATHER_TOKENS)
-                gather(order, tokenized, starts, a, b, eos_id).tofile(f)
+                chunk = gather(order, tokenized, starts, a, b, eos_id, dtype)
+                chunk.tofile(f)
+                content.update(chunk.tobytes())
                 if bar is not None:
                     bar.update(b - a)
         done.add(path.name)
-        atomic_write_json(progress_path, {"fingerprint": fingerprint, "done": sorted(done)})
+        atomic_write_json(progress_path, {"layout": layout, "done": sorted(done)})
     if bar is not None:
         bar.close()
 
@@ -199,19 +217,21 @@ def write_split(folder: Path, order: DocOrder, tokenized: dict[str, TokenizedSou
     inside = np.minimum(starts[1:], n_tokens) - np.minimum(starts[:-1], n_tokens)
     by_source = np.bincount(order.source, weights=inside, minlength=len(order.names))
     tokens_by_source = {n: int(by_source[i]) for i, n in enumerate(order.names)}
+    content.update(np.ascontiguousarray(doc_starts, dtype=np.int64).tobytes())
+    content.update(json.dumps([seq_len, dtype.name, eos_id, phases]).encode())
     info = SplitInfo(folder.name, n_windows, n_tokens, len(doc_starts), stream - n_tokens, shards,
-                     phases, tokens_by_source)
+                     phases, tokens_by_source, content.hexdigest()[:16])
     atomic_write_json(folder / INDEX_FILE, {
-        "split": info.split, "seq_len": seq_len, "dtype": np.dtype(TOKEN_DTYPE).name, "eos_id": eos_id,
+        "split": info.split, "seq_len": seq_len, "dtype": dtype.name, "vocab_size": vocab_size, "eos_id": eos_id,
         "n_windows": n_windows, "n_tokens": n_tokens, "n_docs": info.n_docs,
         "windows_per_shard": per_shard, "shards": shards, "phases": phases,
         "dropped_tail_tokens": info.dropped_tail_tokens, "tokens_by_source": tokens_by_source,
-        "fingerprint": fingerprint})
+        "content_digest": info.content_digest, "layout": layout, "fingerprint": fingerprint})
     return info
 
 
 def gather(order: DocOrder, tokenized: dict[str, TokenizedSource], starts: np.ndarray,
-           a: int, b: int, eos_id: int) -> np.ndarray:
+           a: int, b: int, eos_id: int, dtype: np.dtype) -> np.ndarray:
     """Stream tokens [a, b): the documents covering the range, each followed by EOS.
 
     Vectorized per source: one fancy-index read of the source's memory-mapped tokens.
@@ -219,7 +239,7 @@ def gather(order: DocOrder, tokenized: dict[str, TokenizedSource], starts: np.nd
     i0 = int(np.searchsorted(starts, a, side="right")) - 1
     i1 = int(np.searchsorted(starts, b, side="left"))  # documents starting before b
     base = int(starts[i0])
-    out = np.empty(int(starts[i1]) - base, dtype=TOKEN_DTYPE)
+    out = np.empty(int(starts[i1]) - base, dtype=dtype)
     src, doc = order.source[i0:i1], order.doc[i0:i1]
     out_start = starts[i0:i1] - base
     for s, name in enumerate(order.names):

@@ -1,13 +1,21 @@
 """Tokenize a source once into an append-only cache: batched, multi-process, resumable.
 
-Per source, `<03_mix>/tokenized/<name>/` holds
-  tokens.bin   uint16 token ids of every document, back to back (no EOS: packing adds it)
+Per source, `<03_mix>/.cache/tokenized/<name>/` holds
+  tokens.bin   token ids of every document, back to back (no EOS: packing adds it), in the
+               dtype the tokenizer's vocabulary needs (uint16, or uint32 past 65,536 ids)
   docs.bin     one (n_tokens int64, text_hash uint64) record per document
-  state.json   what is committed: documents, tokens, records consumed, read stats
+  state.json   what is committed: documents, tokens, records consumed, read stats, and the
+               cache's fingerprint
 Both .bin files only grow; `state.json` (written atomically after each fsync) says how much
 of them is valid. A killed run truncates them back to the committed length and skips the
 records already consumed, so nothing is tokenized twice or lost. The cache does not depend
 on the seed or split: the validation split is drawn later from the text hashes.
+
+The fingerprint (:func:`cache_fingerprint`) is what the tokens are a function of: the content
+digest of the source's files, its text field, the tokenizer's identity (the digest of the
+tokenizer files loaded), the EOS rule and the token dtype. A cache with another fingerprint is
+discarded before anything is appended, so old and new tokens never mix; being keyed by content,
+the cache survives `--force` (it lives under `.cache/`).
 """
 from __future__ import annotations
 
@@ -27,9 +35,12 @@ import numpy as np
 
 from phi_lib.data.sources import Source
 from phi_lib.io import ReadStats, atomic_write_json, read_json
-from phi_lib.packed import TOKEN_DTYPE  # the cache holds the ids the packed shards hold
+from phi_lib.packed import token_dtype  # the cache holds the ids the packed shards hold
+from phi_lib.data.tokenizer import tokenizer_identity  # noqa: F401 - part of a cache key
+from phi_lib.provenance import Fingerprint, is_current
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+EOS_RULE = "no EOS in the cache; packing appends the tokenizer's EOS after every document"
 DOC_DTYPE = np.dtype([("n_tokens", "<i8"), ("hash", "<u8")])
 COMMIT_EVERY_S = 10.0
 
@@ -74,8 +85,9 @@ class TokenizedSource:
         state = read_json(folder / "state.json")
         n_docs, n_tokens = state["docs"], state["tokens"]
         docs = np.fromfile(folder / "docs.bin", dtype=DOC_DTYPE, count=n_docs)
-        tokens = (np.memmap(folder / "tokens.bin", dtype=TOKEN_DTYPE, mode="r", shape=(n_tokens,))
-                  if n_tokens else np.zeros(0, dtype=TOKEN_DTYPE))
+        dtype = np.dtype(state.get("dtype", "uint16"))  # the vocabulary's (uint16 or uint32)
+        tokens = (np.memmap(folder / "tokens.bin", dtype=dtype, mode="r", shape=(n_tokens,))
+                  if n_tokens else np.zeros(0, dtype=dtype))
         return cls(name, folder, tokens, docs["n_tokens"].copy(), docs["hash"].copy(), state)
 
 
@@ -87,12 +99,12 @@ def tokenize_source(source: Source, folder: Path, tokenizer: str, *, data_dir: O
     `max_records` stops early (committing what was done) - used to test resumption.
     """
     folder = Path(folder)
-    fingerprint = {"version": CACHE_VERSION, "source": source.fingerprint(), "tokenizer": tokenizer}
-    state = _load_state(folder, fingerprint)
+    state = _load_state(folder, cache_fingerprint(source, tokenizer, data_dir))
     if state.get("done"):
         return TokenizedSource.open(source.name, folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _truncate(folder / "tokens.bin", state["tokens"] * TOKEN_DTYPE().itemsize)
+    state["dtype"] = vocab_dtype(tokenizer, data_dir).name
+    _truncate(folder / "tokens.bin", state["tokens"] * np.dtype(state["dtype"]).itemsize)
     _truncate(folder / "docs.bin", state["docs"] * DOC_DTYPE.itemsize)
 
     reader = _Reader(source, skip=state["records"], max_records=max_records)
@@ -122,6 +134,21 @@ def tokenize_source(source: Source, folder: Path, tokenizer: str, *, data_dir: O
     if bar is not None:
         bar.close()
     return TokenizedSource.open(source.name, folder)
+
+
+def cache_fingerprint(source: Source, tokenizer: str, data_dir: Optional[str] = None) -> Fingerprint:
+    """What a source's token cache is a function of (see the module docstring)."""
+    return Fingerprint.of(
+        config={"version": CACHE_VERSION, "text_field": source.text_field, "eos": EOS_RULE,
+                "dtype": vocab_dtype(tokenizer, data_dir).name},
+        inputs={"source": source.fingerprint(), "tokenizer": tokenizer_identity(tokenizer, data_dir)})
+
+
+def vocab_dtype(tokenizer: str, data_dir: Optional[str] = None) -> np.dtype:
+    """The token dtype of a tokenizer's ids (uint16, or uint32 past 65,536 ids)."""
+    from phi_lib.data.tokenizer import load_tokenizer
+
+    return token_dtype(len(load_tokenizer(tokenizer, data_dir=data_dir)))
 
 
 # ----------------------------------------------------------------------------- reading
@@ -194,23 +221,23 @@ def _encode_stream(texts, tokenizer: str, data_dir: Optional[str], num_proc: int
 
 
 _TOKENIZER = None
+_DTYPE = None
 
 
 def _init_worker(tokenizer: str, data_dir: Optional[str]) -> None:
-    global _TOKENIZER
+    global _TOKENIZER, _DTYPE
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from phi_lib.data.tokenizer import load_tokenizer
 
     _TOKENIZER = load_tokenizer(tokenizer, data_dir=data_dir)
-    if len(_TOKENIZER) > np.iinfo(TOKEN_DTYPE).max + 1:
-        raise ValueError(f"tokenizer {tokenizer!r} has {len(_TOKENIZER)} tokens: too many for uint16")
+    _DTYPE = token_dtype(len(_TOKENIZER))
 
 
 def encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Token ids (flat uint16), lengths and text hashes of a batch, in the worker."""
     ids = _TOKENIZER.encode_batch(texts) if texts else []
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=TOKEN_DTYPE, count=int(lengths.sum()))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=_DTYPE, count=int(lengths.sum()))
     hashes = np.fromiter((text_hash(t) for t in texts), dtype=np.uint64, count=len(texts))
     return flat, lengths, hashes
 
@@ -233,14 +260,15 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- state
-def _load_state(folder: Path, fingerprint: dict) -> dict:
+def _load_state(folder: Path, fingerprint: Fingerprint) -> dict:
     path = folder / "state.json"
     if path.is_file():
         state = read_json(path)
-        if state.get("fingerprint") == fingerprint:
+        if is_current(state.get("fingerprint"), fingerprint):
             return state
-        shutil.rmtree(folder)  # the source or tokenizer changed: this cache is stale
-    return {"fingerprint": fingerprint, "docs": 0, "tokens": 0, "records": 0, "done": False}
+    if folder.exists():  # the source, tokenizer or format changed (or nothing was committed)
+        shutil.rmtree(folder)
+    return {"fingerprint": fingerprint.to_dict(), "docs": 0, "tokens": 0, "records": 0, "done": False}
 
 
 def _truncate(path: Path, size: int) -> None:

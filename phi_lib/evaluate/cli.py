@@ -32,7 +32,8 @@ def _cmd_eval(args) -> int:
     cfg = load(args.params, overrides)  # no --params: the paper's defaults; strict either way
     ev, data_dir = cfg.evaluate, cfg.run.data_dir
     res = evaluate_model(args.model, tasks, args.out, cfg=ev, limit=args.limit,
-                         run_dir=args.run_dir, data_dir=data_dir, force=args.force)
+                         run_dir=args.run_dir, data_dir=data_dir, force=args.force,
+                         tokenizer=cfg.model.tokenizer)
     for task, m in res["results"].items():
         key = HEADLINE[task] if HEADLINE[task] in m else next(iter(m))
         extra = f", acc_norm {m['acc_norm']:.4f}" if "acc_norm" in m else ""

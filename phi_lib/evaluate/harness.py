@@ -5,15 +5,16 @@
     res["results"]["arc_easy"]["acc_norm"]
 
 Layout of `out_dir`: `results.json` (`results[task][metric]` with `<metric>_stderr`, model,
-n, config hash, timings), `samples/<task>.jsonl` (prompt, choices, log-likelihoods,
-prediction, gold, ...). Each finished task is kept under `tasks/<task>.json` with the
-fingerprint of what produced it, so an interrupted run resumes at the next task and a
-changed setting reruns only what it affects.
+its content identity, n, each task's fingerprint, timings), `samples/<task>.jsonl` (prompt,
+choices, log-likelihoods, prediction, gold, ...; each line with its task's fingerprint key).
+Each finished task is kept under `tasks/<task>.json` with the fingerprint of what produced it
+(`task_fingerprint`: the settings that task depends on, the model's content identity, the
+digests of its benchmark files), so an interrupted run resumes at the next task, and a changed
+setting, a retrained checkpoint or a changed data file recomputes only the tasks it affects.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -22,11 +23,12 @@ from typing import Optional, Sequence, Union
 
 from phi_lib import sandbox
 from phi_lib.config import ALL_TASKS, EvaluateConfig
-from phi_lib.evaluate.data import load_task
-from phi_lib.evaluate.generation import SANDBOX_KEY, evaluate_generation, runs_programs
+from phi_lib.evaluate.data import load_task, task_files
+from phi_lib.evaluate.generation import SANDBOX_KEY, SPECS, evaluate_generation, runs_programs
 from phi_lib.evaluate.multiple_choice import evaluate_multiple_choice
 from phi_lib.evaluate.prompts import MC_PROMPTS
-from phi_lib.io import ReadStats, atomic_open, atomic_write_json, read_json, versions
+from phi_lib.io import ReadStats, atomic_open, atomic_write_json, read_json, read_jsonl, versions
+from phi_lib.provenance import Fingerprint, digest, is_current, path_digest, results_view
 
 log = logging.getLogger(__name__)
 
@@ -36,31 +38,53 @@ HEADLINE = {"winogrande": "acc", "arc_easy": "acc", "arc_challenge": "acc", "boo
             "humaneval": "pass@1", "mbpp": "pass@1"}
 """The metric of each task in the phi-1.5 table."""
 
-
-def settings_of(cfg: EvaluateConfig) -> dict:
-    """The settings that change a task's numbers (model and task list excluded)."""
-    d = dataclasses.asdict(cfg)
-    for k in ("model", "reference_models", "tasks", "device"):
-        d.pop(k, None)
-    return d
+SELECTION = ("model", "reference_models", "tasks")
+"""`evaluate` fields that choose what is evaluated, not the numbers of a task."""
 
 
-def fingerprint(model: str, task: str, settings: dict) -> str:
-    blob = json.dumps({"model": model, "task": task, **settings}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def task_settings(cfg: EvaluateConfig, task: str) -> dict:
+    """The result-affecting `evaluate` settings the numbers of `task` depend on (operational
+    ones, like `batch_size`, never; `dtype` as loaded, `auto` resolved): a change to another
+    task's setting reruns only that task."""
+    names = ["limit", "dtype"]
+    if task == "mmlu":
+        names.append("mmlu_shots")
+    if task not in MC_PROMPTS:  # generation
+        names += ["temperature", "max_new_tokens"] + (["gsm8k_mode"] if task == "gsm8k" else [])
+        if SPECS["gsm8k_cot" if task == "gsm8k" and cfg.gsm8k_mode == "cot" else task].program:
+            names += ["n_samples", "pass_k"]  # sampled programs, graded by pass@k
+    from phi_lib.hf_models import effective_dtype
+
+    view = {**results_view(cfg), "dtype": effective_dtype(cfg.dtype, cfg.device)}
+    return {k: view[k] for k in names}
+
+
+def task_fingerprint(task: str, cfg: EvaluateConfig, model_id: str,
+                     data_dir: Optional[str] = None) -> Fingerprint:
+    """What a task result of a model is made of: the task's settings, the model's content
+    identity (`hf_models.model_identity`), the digests of the task's benchmark files."""
+    files = {f"data.{role}": path_digest(p) if p is not None else "missing (hub)"
+             for role, p in task_files(task, data_dir).items()}
+    return Fingerprint.of(config={"task": task, "evaluate": task_settings(cfg, task)},
+                          inputs={"model": model_id, **files})
 
 
 def evaluate_model(model: str, tasks: Sequence[str], out_dir: Union[str, Path], *,
                    cfg: Optional[EvaluateConfig] = None, limit: Optional[int] = None,
                    run_dir: Optional[Union[str, Path]] = None, data_dir: Optional[str] = None,
                    loaded=None, progress: bool = True, skip_missing: bool = True,
-                   force: bool = False) -> dict:
+                   force: bool = False, tokenizer: Optional[str] = None) -> dict:
     """Evaluate `model` (any workbook model name) on `tasks`; write and return results.
 
     `cfg` gives the settings (defaults: the paper's); `limit` overrides `cfg.limit`.
-    `loaded` = an already loaded (model, tokenizer). A task whose data is not available
-    (e.g. SQuAD offline) is recorded under `skipped` with the reason when `skip_missing`.
+    `tokenizer`: the workbook tokenizer of a checkpoint folder without tokenizer files
+    (`model.tokenizer`; stage 05's checkpoints carry theirs).
+    `loaded` = an already loaded (model, tokenizer) of `model`; otherwise the model is loaded
+    only if some task is not current. A task whose data is not available (e.g. SQuAD offline)
+    is recorded under `skipped` with the reason when `skip_missing`. The folder keeps the
+    records of these tasks only: those of other tasks (or skipped ones) are removed.
     """
+    from phi_lib.hf_models import model_identity
     from phi_lib.paths import MissingDataError
 
     cfg = dataclasses.replace(cfg or EvaluateConfig(), tasks=list(tasks))
@@ -68,17 +92,16 @@ def evaluate_model(model: str, tasks: Sequence[str], out_dir: Union[str, Path], 
         cfg.limit = limit
     cfg.check()
     out = Path(out_dir)
-    settings = settings_of(cfg)
     if any(runs_programs(t, cfg.gsm8k_mode) for t in cfg.tasks):  # fail before loading the model
         sandbox.require(cfg.sandbox_isolation, SANDBOX_KEY)
-    lm, tok = loaded or _load(model, cfg, run_dir, data_dir)
-    results, timings, counts, skipped, corrupt = {}, {}, {}, {}, {}
+    model_id = model_identity(model, run_dir, data_dir)
+    lm = [loaded]  # loaded on first need
+    results, timings, counts, skipped, corrupt, fps, computed = {}, {}, {}, {}, {}, {}, []
     for task in cfg.tasks:
-        fp = fingerprint(model, task, settings)
-        done = out / "tasks" / f"{task}.json"
-        if not force and done.is_file() and read_json(done).get("fingerprint") == fp:
-            rec = read_json(done)
-            log.info("%s: up to date, reusing %s", task, done)
+        fp = task_fingerprint(task, cfg, model_id, data_dir)
+        rec = None if force else current_record(out, task, fp)
+        if rec is not None:
+            log.info("%s: up to date, reusing %s", task, out / "tasks" / f"{task}.json")
         else:
             stats = ReadStats()
             try:
@@ -89,27 +112,61 @@ def evaluate_model(model: str, tasks: Sequence[str], out_dir: Union[str, Path], 
                 log.warning("%s: skipped: %s", task, e)
                 skipped[task] = str(e)
                 continue
+            lm[0] = lm[0] or _load(model, cfg, run_dir, data_dir, tokenizer)
             t0 = time.perf_counter()
-            metrics, samples = run_task(lm, tok, task, docs, cfg, data_dir, progress)
-            rec = {"fingerprint": fp, "metrics": metrics, "time_s": time.perf_counter() - t0,
-                   "corrupt": stats.n_corrupt, "corrupt_first": stats.corrupt[:3]}
+            metrics, samples = run_task(*lm[0], task, docs, cfg, data_dir, progress)
+            rec = {"fingerprint": fp.to_dict(), "metrics": metrics,
+                   "time_s": time.perf_counter() - t0, "corrupt": stats.n_corrupt,
+                   "corrupt_first": stats.corrupt[:3]}
             with atomic_open(out / "samples" / f"{task}.jsonl", "w", encoding="utf-8") as f:
                 for s in samples:
-                    f.write(json.dumps(s, ensure_ascii=False, default=float) + "\n")
-            atomic_write_json(done, rec)
+                    f.write(json.dumps({**s, "fingerprint": fp.key}, ensure_ascii=False,
+                                       default=float) + "\n")
+            atomic_write_json(out / "tasks" / f"{task}.json", rec)  # last: the task is done
+            computed.append(task)
         results[task], timings[task] = rec["metrics"], rec["time_s"]
         counts[task], corrupt[task] = rec["metrics"]["n"], rec["corrupt"]
+        fps[task] = rec["fingerprint"]
         if rec["corrupt"]:
             log.warning("%s: %d corrupt records (first: %s)", task, rec["corrupt"],
                         rec["corrupt_first"][:1])
-    doc = {"model": model, "config_hash": hashlib.sha256(json.dumps(
-               settings, sort_keys=True, default=str).encode()).hexdigest()[:16],
-           "settings": settings, "limit": cfg.limit, "results": results, "n": counts,
-           "skipped": skipped, "corrupt": corrupt, "time_s": timings,
+    _remove_other_tasks(out, keep=set(results))
+    doc = {"model": model, "model_identity": model_id,
+           "config_hash": digest({t: fp["key"] for t, fp in fps.items()}),
+           "settings": {k: v for k, v in results_view(cfg).items() if k not in SELECTION},
+           "limit": cfg.limit, "results": results, "n": counts, "skipped": skipped,
+           "corrupt": corrupt, "time_s": timings, "fingerprints": fps, "computed": computed,
+           "reused": [t for t in results if t not in computed],
            "items_per_s": {t: counts[t] / timings[t] for t in results if timings[t] > 0},
            "versions": versions(), "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_json(out / "results.json", doc)
     return doc
+
+
+def current_record(out: Path, task: str, fp: Fingerprint) -> Optional[dict]:
+    """The finished record of `task` under `out` if `fp` made it and its samples file is
+    whole and made by it too; else None (the task is recomputed)."""
+    try:
+        rec = read_json(out / "tasks" / f"{task}.json")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(rec.get("fingerprint"), dict) or not is_current(rec["fingerprint"], fp):
+        return None
+    stats = ReadStats()
+    path = out / "samples" / f"{task}.jsonl"
+    keys = [s.get("fingerprint") for s in read_jsonl(path, stats)] if path.is_file() else []
+    if stats.n_corrupt or len(keys) != rec["metrics"]["n"] or any(k != fp.key for k in keys):
+        return None
+    return rec
+
+
+def _remove_other_tasks(out: Path, keep: set[str]) -> None:
+    """Records of tasks not in this evaluation would outlive the config that made them."""
+    for pattern in ("tasks/*.json", "samples/*.jsonl"):
+        for path in out.glob(pattern):
+            if path.stem not in keep:
+                log.info("removing %s (task not evaluated now)", path)
+                path.unlink()
 
 
 def run_task(lm, tok, task: str, docs: list[dict], cfg: EvaluateConfig,
@@ -128,11 +185,11 @@ def run_task(lm, tok, task: str, docs: list[dict], cfg: EvaluateConfig,
                                sandbox_isolation=cfg.sandbox_isolation, progress=progress)
 
 
-def _load(model: str, cfg: EvaluateConfig, run_dir, data_dir):
+def _load(model: str, cfg: EvaluateConfig, run_dir, data_dir, tokenizer=None):
     from phi_lib.hf_models import load_causal_lm
 
     return load_causal_lm(model, device=cfg.device, dtype=cfg.dtype, run_dir=run_dir,
-                          data_dir=data_dir)
+                          data_dir=data_dir, tokenizer=tokenizer)
 
 
 def headline(results: dict) -> dict[str, float]:

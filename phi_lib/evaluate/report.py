@@ -63,9 +63,10 @@ def comparison_table(runs: dict[str, dict], tasks: Optional[list[str]] = None):
     return pd.DataFrame.from_dict(table, orient="index").fillna("-")
 
 
-def bar_plot(runs: dict[str, dict], path: Union[str, Path], tasks: Optional[list[str]] = None):
+def bar_plot(runs: dict[str, dict], path: Optional[Union[str, Path]] = None,
+             tasks: Optional[list[str]] = None):
     """Grouped bars per task: each model with stderr error bars, the paper's phi-1.5 as a
-    black tick and chance as a dotted tick. Saved as PNG at `path`; returns the figure."""
+    black tick and chance as a dotted tick. Saved as PNG at `path` if given; returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith(
@@ -98,5 +99,6 @@ def bar_plot(runs: dict[str, dict], path: Union[str, Path], tasks: Optional[list
     ax.set_ylim(0, 1)
     ax.set_title("Benchmarks vs the phi-1.5 paper")
     ax.legend(fontsize=7, loc="upper right")
-    save_figure(fig, path)
+    if path is not None:
+        save_figure(fig, path)
     return fig

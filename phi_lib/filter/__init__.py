@@ -1,8 +1,10 @@
 """Stage 02: filtering web and code by educational value (phi-1 sec. 2.1, phi-1.5 sec. 2.4).
 
 An LLM judge labels a sample (`annotate`), a head on embeddings learns the labels
-(`classifier`), and the classifier scores the whole pre-filtered corpus (`stage`). The same
-classifier runs at corpus scale as a datatrove block (`datatrove_block`).
+(`classifier`), and the classifier scores the whole pre-filtered corpus. `stage` runs it as
+five steps (`steps/`) that talk through files (`files`), each skipped while its fingerprint
+(`keys`) is unchanged. The same classifier runs at corpus scale as a datatrove block
+(`datatrove_block`).
 """
 from phi_lib.filter.classifier import EduClassifier, load_classifier, train_classifier
 from phi_lib.filter.prompts import annotation_prompt, logprob_score, parse_score

@@ -3,8 +3,9 @@
 Each annotated document becomes one record with the reply, the score parsed from the text,
 the score from the answer tokens' log-probabilities (local models), the parse status and the
 label used for training (`score_from`, falling back to the other score when the preferred
-one is missing). A record is written as soon as its batch returns, so an interrupted run
-resumes where it stopped; the backend's request cache makes re-asking free as well.
+one is missing), and the fingerprint key of the judge that made it (`annotator`). A record
+is written as soon as its batch returns, so an interrupted run resumes where it stopped;
+the backend's request cache makes re-asking free as well.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def label_of(score_text: Optional[float], score_lp: Optional[float], score_from:
     return first if first is not None else second
 
 
-def annotation_record(doc: dict, kind: str, completion, score_from: str) -> dict:
+def annotation_record(doc: dict, kind: str, completion, score_from: str,
+                      annotator: str = "") -> dict:
     parsed = parse_score(completion.text, completion.error)
     lp = logprob_score(completion.top_logprobs, completion.text or "", parsed.span)
     return {"key": doc["key"], "id": doc["id"], "corpus": doc["corpus"], "kind": kind,
@@ -32,12 +34,13 @@ def annotation_record(doc: dict, kind: str, completion, score_from: str) -> dict
             "score_text": parsed.score, "score_logprobs": lp,
             "label": label_of(parsed.score, lp, score_from),
             "finish_reason": completion.finish_reason, "error": completion.error,
-            "cached": bool(getattr(completion, "cached", False))}
+            "cached": bool(getattr(completion, "cached", False)), "annotator": annotator}
 
 
 def annotate(docs: Sequence[dict], kind: str, backend, cfg, writer: ShardedJsonlWriter,
-             progress: bool = True) -> Counter:
-    """Annotate the documents `writer` does not hold yet; returns counts of parse statuses."""
+             progress: bool = True, annotator: str = "") -> Counter:
+    """Annotate the documents `writer` does not hold yet, each record stamped with the
+    `annotator` fingerprint key; returns counts of parse statuses."""
     from tqdm.auto import tqdm
 
     todo = [d for d in docs if not writer.has(d["key"])]
@@ -53,7 +56,7 @@ def annotate(docs: Sequence[dict], kind: str, backend, cfg, writer: ShardedJsonl
         completions = backend.generate(prompts, cfg.annotation_sampling, chat=not completion,
                                        logprobs=TOP_LOGPROBS)
         for doc, c in zip(batch, completions):
-            rec = annotation_record(doc, kind, c, cfg.score_from)
+            rec = annotation_record(doc, kind, c, cfg.score_from, annotator)
             statuses[rec["status"]] += 1
             writer.write(rec)
         bar.update(len(batch))

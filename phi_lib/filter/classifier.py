@@ -54,6 +54,15 @@ class ClassifierReport:
     val_scores: list[float] = field(default_factory=list)
     val_labels: list[float] = field(default_factory=list)
 
+    @classmethod
+    def from_meta(cls, meta: dict) -> "ClassifierReport":
+        """The report saved in a classifier's `classifier.json` (a fresh kernel's view)."""
+        v = meta["validation"]
+        return cls(n_train=v["n_train"], n_val=v["n_val"], threshold=meta["label_threshold"],
+                   f1=v["f1"], roc_auc=v["roc_auc"], precision=v["precision"], recall=v["recall"],
+                   mse=v["val_mse"], confusion=v["confusion"], positive_rate=v["positive_rate"],
+                   val_scores=v.get("scores", []), val_labels=v.get("labels", []))
+
     def metrics(self) -> dict[str, float]:
         return {"f1": self.f1, "roc_auc": self.roc_auc, "precision": self.precision,
                 "recall": self.recall, "val_mse": self.mse, "positive_rate": self.positive_rate,
@@ -150,7 +159,8 @@ def train_classifier(X: np.ndarray, labels: np.ndarray, *, kind: str, threshold:
     meta = {"head": kind, "embedder": embedder_name, "embed_max_tokens": embed_max_tokens,
             "embedding_dim": int(X.shape[1]), "label_threshold": threshold,
             "score_scale": "0-5 (predicted annotation score)", "n_labels": int(len(labels)),
-            "validation": report.metrics() | {"confusion": report.confusion},
+            "validation": report.metrics() | {"confusion": report.confusion,
+                                              "scores": report.val_scores, "labels": report.val_labels},
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra_meta or {})}
     return EduClassifier(final, meta, embedder), report
 

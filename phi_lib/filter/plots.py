@@ -1,14 +1,10 @@
 """Figures of stage 02: classifier validation and the corpus score distribution."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from phi_lib.io import save_figure
 
-
-def plot_classifier(reports: dict, path: Path):
+def plot_classifier(reports: dict):
     import matplotlib.pyplot as plt
 
     kinds = list(reports)
@@ -29,11 +25,10 @@ def plot_classifier(reports: dict, path: Path):
         row[1].set_xlabel("annotation score (judge)")
         row[1].set_ylabel("classifier score")
         row[1].set_title(f"{kind}: validation predictions")
-    save_figure(fig, path)
     return fig
 
 
-def plot_scores(scores: dict, thresholds: dict, label_threshold: float, path: Path):
+def plot_scores(scores: dict, thresholds: dict, label_threshold: float):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.5), squeeze=False)
@@ -45,5 +40,4 @@ def plot_scores(scores: dict, thresholds: dict, label_threshold: float, path: Pa
         ax.set_ylabel("documents")
         ax.set_title(f"{kind}: {len(s)} scored")
         ax.legend(fontsize=8)
-    save_figure(fig, path)
     return fig

@@ -1,4 +1,5 @@
-"""Attention kernels and masks: flash-attn 2, PyTorch SDPA, and an fp32 reference.
+"""Attention kernels and masks (flash-attn 2, PyTorch SDPA, an fp32 reference), and the
+attention step every block shares (rotary, KV cache, kernel).
 
 All take q (B, H, Tq, D), k/v (B, Hkv, Tk, D) and return (B, H, Tq, D). A mask is boolean
 (B, 1, Tq, Tk), True = may attend; `None` means plain causal (bottom-right aligned when
@@ -16,6 +17,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from phi_lib.model.rotary import apply_rotary
 
 
 @functools.lru_cache(maxsize=1)
@@ -40,39 +43,42 @@ def pick_implementation(requested: str, q: torch.Tensor) -> str:
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], *,
            impl: str, dropout_p: float = 0.0, sliding_window: Optional[int] = None,
-           cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: int = 0) -> torch.Tensor:
+           cu_seqlens: Optional[torch.Tensor] = None, max_seqlen: int = 0,
+           scale: Optional[float] = None) -> torch.Tensor:
     """Scaled dot-product attention with the kernel `impl` (after `pick_implementation`).
 
     `cu_seqlens` (flash-attn only): packed documents of one row each (varlen), instead of a mask.
+    `scale`: of the scores; default 1/sqrt(head dim) (phi-3-small's muP uses 1/head dim).
     """
     if impl == "flash_attention_2" and (mask is None or cu_seqlens is not None):
-        return _flash(q, k, v, dropout_p, sliding_window, cu_seqlens, max_seqlen)
+        return _flash(q, k, v, dropout_p, sliding_window, cu_seqlens, max_seqlen, scale)
     if mask is None and sliding_window is not None and k.shape[2] > sliding_window:
         mask = causal_mask(q.shape[2], k.shape[2], q.device, sliding_window=sliding_window)
     if impl == "eager":
-        return _eager(q, k, v, mask, dropout_p)
-    return _sdpa(q, k, v, mask, dropout_p)
+        return _eager(q, k, v, mask, dropout_p, scale)
+    return _sdpa(q, k, v, mask, dropout_p, scale)
 
 
-def _sdpa(q, k, v, mask, dropout_p):
+def _sdpa(q, k, v, mask, dropout_p, scale=None):
     dtype = q.dtype
     if q.device.type == "cpu" and dtype == torch.float16:  # CPU math kernel: q.k in fp16 overflows
         q, k, v = q.float(), k.float(), v.float()
     k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
     if mask is None and q.shape[2] != k.shape[2]:
         if q.shape[2] == 1:  # one new token sees the whole cache: no mask at all
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p).to(dtype)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale).to(dtype)
         mask = causal_mask(q.shape[2], k.shape[2], q.device)  # SDPA's is_causal is top-left aligned
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                         is_causal=mask is None)
+                                         is_causal=mask is None, scale=scale)
     return out.to(dtype)
 
 
-def _eager(q, k, v, mask, dropout_p):
+def _eager(q, k, v, mask, dropout_p, scale=None):
     """Reference path, all in fp32: readable, and safe for phi-2 in fp16."""
     dtype = q.dtype
     k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
-    scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q.float() @ k.float().transpose(-1, -2)) * scale
     if mask is None:
         mask = causal_mask(q.shape[2], k.shape[2], q.device)
     scores = scores.masked_fill(~mask, float("-inf"))
@@ -80,19 +86,21 @@ def _eager(q, k, v, mask, dropout_p):
     return (probs @ v.float()).to(dtype)
 
 
-def _flash(q, k, v, dropout_p, sliding_window, cu_seqlens, max_seqlen):
+def _flash(q, k, v, dropout_p, sliding_window, cu_seqlens, max_seqlen, scale=None):
     from flash_attn import flash_attn_func, flash_attn_varlen_func
 
     window = (sliding_window - 1, 0) if sliding_window else (-1, -1)
     # flash-attn wants (B, T, H, D); its causal mask is bottom-right aligned (cached decoding)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if cu_seqlens is None:
-        out = flash_attn_func(q, k, v, dropout_p=dropout_p, causal=True, window_size=window)
+        out = flash_attn_func(q, k, v, dropout_p=dropout_p, softmax_scale=scale, causal=True,
+                              window_size=window)
     else:
         b, t = q.shape[:2]
         flat = [x.reshape(b * t, *x.shape[2:]) for x in (q, k, v)]
         out = flash_attn_varlen_func(*flat, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
-                                     dropout_p=dropout_p, causal=True, window_size=window)
+                                     dropout_p=dropout_p, softmax_scale=scale, causal=True,
+                                     window_size=window)
         out = out.view(b, t, *out.shape[1:])
     return out.transpose(1, 2)
 
@@ -166,3 +174,26 @@ def cu_seqlens_from_document_ids(document_ids: torch.Tensor) -> tuple[torch.Tens
     starts = new_doc.flatten().nonzero().flatten()
     cu = torch.cat([starts, torch.tensor([b * t], device=starts.device)]).to(torch.int32)
     return cu, int((cu[1:] - cu[:-1]).max())
+
+
+# ----------------------------------------------------------------------------- one layer's attention
+class AttentionContext:
+    """What every layer's attention needs for one forward call (built once by the model)."""
+
+    def __init__(self, impl: str, mask, cache, dropout_p: float, cu_seqlens=None, max_seqlen: int = 0):
+        self.impl, self.mask, self.cache, self.dropout_p = impl, mask, cache, dropout_p
+        self.cu_seqlens, self.max_seqlen = cu_seqlens, max_seqlen
+
+
+def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rope, ctx: AttentionContext,
+                   layer_idx: int, sliding_window: Optional[int]) -> torch.Tensor:
+    """Rotary on q (B, H, T, D) and k/v (B, Hkv, T, D), the KV cache, the kernel; (B, T, H*D)."""
+    cos, sin = rope
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    if ctx.cache is not None:
+        k, v = ctx.cache.update(layer_idx, k, v)
+    out = attend(q, k, v, ctx.mask, impl=ctx.impl, dropout_p=ctx.dropout_p,
+                 sliding_window=sliding_window, cu_seqlens=ctx.cu_seqlens, max_seqlen=ctx.max_seqlen)
+    b, _, t, _ = out.shape
+    return out.transpose(1, 2).reshape(b, t, -1)
+

@@ -56,7 +56,8 @@ def save_pretrained(model, directory: Union[str, Path], dtype: Optional[Union[st
 
 def from_pretrained(cls, name_or_dir: Union[str, Path], *, dtype: Union[str, torch.dtype, None] = "float32",
                     device: Union[str, torch.device] = "cpu", **config_overrides: Any):
-    """Load a checkpoint folder (or hub name) into `cls` (PhiForCausalLM).
+    """Load a checkpoint folder (or hub name) into `cls` (PhiForCausalLM; a `phi3small`
+    config.json loads into Phi3SmallForCausalLM whatever `cls` is).
 
     dtype: `float32` (default), `bfloat16`, `float16`, or `auto` / None to keep the stored dtype.
     config_overrides: PhiConfig fields to change (e.g. `attn_implementation="eager"`).
@@ -66,7 +67,11 @@ def from_pretrained(cls, name_or_dir: Union[str, Path], *, dtype: Union[str, tor
     if not config_file.is_file():
         raise MissingDataError(f"{folder}: no config.json (not a Hugging Face checkpoint folder)")
     hf = json.loads(config_file.read_text())
-    config = PhiConfig.from_hf_dict(hf, **config_overrides)
+    if hf.get("model_type") == "phi3small":  # its own architecture family and class
+        from phi_lib.model.phi3_small import Phi3SmallForCausalLM
+
+        cls = Phi3SmallForCausalLM
+    config = getattr(cls, "config_class", PhiConfig).from_hf_dict(hf, **config_overrides)
     state = load_state_dict(folder)
     state = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
     if config.tie_word_embeddings and "lm_head.weight" not in state:

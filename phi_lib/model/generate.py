@@ -58,6 +58,9 @@ def generate(model, input_ids: Union[torch.Tensor, Sequence[Sequence[int]]],
     stop:          strings that end a row (checked on the decoded new tokens; needs
                    `tokenizer.decode`). The tokens stay in the output: `generate_text` cuts them.
     allowed_vocab: only sample ids below this (the padded embedding rows are never real tokens).
+
+    LongRoPE models recompute the whole cache once, when the (padded) sequence reaches
+    original_max_position_embeddings + 1 tokens, as transformers does.
     """
     config = model.config
     if eos_token_id == -1:
@@ -76,6 +79,7 @@ def generate(model, input_ids: Union[torch.Tensor, Sequence[Sequence[int]]],
     # positions count real tokens only, so a left-padded prompt starts at position 0
     pos = (mask.cumsum(-1) - 1).clamp(min=0) if padded else None
     cache = model.new_cache(max_length=t + max_new_tokens)
+    longrope_switch = config.original_max_position_embeddings if config.rope_type == "longrope" else None
     logits = model(input_ids, attention_mask=mask, position_ids=pos, cache=cache, logits_to_keep=1)
 
     out = input_ids.new_full((b, max_new_tokens), pad_token_id)
@@ -99,7 +103,16 @@ def generate(model, input_ids: Union[torch.Tensor, Sequence[Sequence[int]]],
         if padded:
             mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
             pos = pos[:, -1:] + 1
-        logits = model(token[:, None], attention_mask=mask, position_ids=pos, cache=cache)
+        if cache.length == longrope_switch:
+            # LongRoPE moves to its long factors once a sequence passes original_max: the cached
+            # keys were rotated with the short ones, so recompute them all (transformers'
+            # Phi3ForCausalLM drops its cache at exactly this step)
+            cache = model.new_cache(max_length=t + max_new_tokens)
+            seq = torch.cat([input_ids, out[:, :n]], dim=1)
+            full_pos = (mask.cumsum(-1) - 1).clamp(min=0) if padded else None
+            logits = model(seq, attention_mask=mask, position_ids=full_pos, cache=cache, logits_to_keep=1)
+        else:
+            logits = model(token[:, None], attention_mask=mask, position_ids=pos, cache=cache)
     return torch.cat([input_ids, out[:, :n]], dim=1)
 
 

@@ -30,15 +30,23 @@ def to_transformers(model: PhiForCausalLM, attn_implementation: str = "sdpa"):
     return hf.to(model.device).eval()
 
 
-def shrink(config: PhiConfig, layers: int = 2, heads: int = 2, vocab: int = 4096) -> PhiConfig:
-    """The same architecture at test size: head dim, rotary fraction and block kept."""
+def shrink(config: PhiConfig, layers: int = 2, heads: int = 2, vocab: int = 4096,
+           original_context: int = 16) -> PhiConfig:
+    """The same architecture at test size: head dim, rotary fraction, block and grouped-query
+    ratio kept. LongRoPE keeps its factors and its context ratio (32x for 4K -> 128K) over an
+    original context of `original_context` tokens, so a short test sequence crosses the switch."""
     kv = max(1, heads * config.num_key_value_heads // config.num_attention_heads)
     hidden = heads * config.head_dim
     ratio = config.intermediate_size / config.hidden_size
+    changes = {}
+    if config.rope_type == "longrope":
+        scale = config.max_position_embeddings // config.original_max_position_embeddings
+        changes = dict(original_max_position_embeddings=original_context,
+                       max_position_embeddings=original_context * scale)
     return config.replace(num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
                           hidden_size=hidden, intermediate_size=int(ratio * hidden),
                           vocab_size=min(vocab, config.vocab_size), bos_token_id=None,
-                          eos_token_id=None, pad_token_id=None)
+                          eos_token_id=None, pad_token_id=None, **changes)
 
 
 @torch.no_grad()
@@ -47,7 +55,8 @@ def parity_check(config: PhiConfig, *, batch: int = 2, seq_len: int = 24, seed: 
     """Max |logit difference| between ours and transformers on random weights, in fp32.
 
     Cases: plain causal forward; a left-padded batch (compared on real tokens); and
-    incremental decoding with our KV cache against our own full forward.
+    incremental decoding with our KV cache against our own full forward. LongRoPE: the
+    sequence passes the (shrunk) original context, and a prefix within it is checked too.
     """
     n_params = sum(p.numel() for p in _meta_model(config).parameters())
     shrunk = n_params > PARITY_MAX_PARAMS
@@ -66,8 +75,15 @@ def parity_check(config: PhiConfig, *, batch: int = 2, seq_len: int = 24, seed: 
     plain = (ours(ids) - theirs(ids).logits).abs().max().item()
     real = mask.bool()
     padded = (ours(ids, attention_mask=mask) - theirs(ids, attention_mask=mask).logits)[real].abs().max().item()
-    cache_diff = kv_cache_max_abs_diff(ours, ids)
-    return {"max_abs_diff": max(plain, padded), "causal_max_abs_diff": plain,
+    # a LongRoPE cache is prefilled past the switch (generation recomputes it there)
+    prefix = cfg.original_max_position_embeddings + 1 if cfg.rope_type == "longrope" else None
+    cache_diff = kv_cache_max_abs_diff(ours, ids, prefix=prefix)
+    report = {}
+    if cfg.rope_type == "longrope":  # ids pass original_max (long factors); a prefix stays within
+        short = ids[:, :cfg.original_max_position_embeddings]
+        report["longrope_short_max_abs_diff"] = (ours(short) - theirs(short).logits).abs().max().item()
+        plain = max(plain, report["longrope_short_max_abs_diff"])
+    return {**report, "max_abs_diff": max(plain, padded), "causal_max_abs_diff": plain,
             "padded_max_abs_diff": padded, "kv_cache_max_abs_diff": cache_diff,
             "arch": cfg.arch, "checked_params": sum(p.numel() for p in ours.parameters()),
             "shrunk": shrunk, "layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size}

@@ -25,6 +25,12 @@ def param_count(config: PhiConfig) -> dict[str, int]:
         norms = 2 * h                                                      # one LayerNorm (w, b)
         final_norm = 2 * h
         lm_head = h * config.vocab_size + config.vocab_size
+    elif config.arch == "phi3small":
+        attention = h * (q + 2 * kv) + (q + 2 * kv) + q * h + h            # query_key_value, dense + biases
+        mlp = h * 2 * i + 2 * i + i * h + h                                # up_proj, down_proj + biases
+        norms = 4 * h                                                      # two LayerNorms (w, b)
+        final_norm = 2 * h
+        lm_head = h * config.vocab_size                                    # tied: subtracted below
     else:
         attention = h * (q + 2 * kv) + q * h                               # qkv_proj, o_proj
         mlp = h * 2 * i + i * h                                            # gate_up, down
@@ -99,7 +105,8 @@ def activation_bytes(config: PhiConfig, micro_batch_size: int, seq_len: int, pre
     attention output 2sbh, fc1 output 2sbi, gelu output 2sbi, two dropout masks 2sbh when
     dropout is on; without flash attention also the softmax 2as^2b (+ its dropout mask as^2b).
     The phi-3 block adds a second norm (4sbh) and its SwiGLU keeps gate+up 4sbi and their
-    product 2sbi. The LM head keeps logits and their log-softmax in fp32 (8 B x s b V).
+    product 2sbi; phi-3-small's GEGELU keeps the same (its 2i-wide input, i-wide output) and it
+    has one dropout mask (sbh). The LM head keeps logits and their log-softmax in fp32 (8 B x s b V).
     With activation checkpointing only each block's input (2sbh) is kept, plus one block's
     worth during recomputation.
     """
@@ -110,10 +117,15 @@ def activation_bytes(config: PhiConfig, micro_batch_size: int, seq_len: int, pre
         per_layer = (2 + 2 + 6 + 2) * s * b * h * word / 2 + 2 * s * b * i * word
     else:
         per_layer = (2 + 2 + 6 + 2 + 4) * s * b * h * word / 2 + 3 * s * b * i * word
-    if config.resid_pdrop > 0:
-        per_layer += 2 * s * b * h  # 1-byte masks
+    if config.arch == "phi3small":  # one dropout per block, on the MLP output
+        masks = s * b * h if config.ffn_dropout_prob > 0 else 0
+        attention_dropout = config.attention_dropout_prob
+    else:
+        masks = 2 * s * b * h if config.resid_pdrop > 0 else 0
+        attention_dropout = config.attention_dropout
+    per_layer += masks  # 1-byte dropout masks
     if not flash_attention:
-        per_layer += a * s * s * b * word + (a * s * s * b if config.attention_dropout > 0 else 0)
+        per_layer += a * s * s * b * word + (a * s * s * b if attention_dropout > 0 else 0)
     logits = 8 * s * b * config.vocab_size
     if activation_checkpointing:
         layers = config.num_hidden_layers * s * b * h * word + per_layer
@@ -131,3 +143,36 @@ def memory_table(config: PhiConfig, n_gpus: int, micro_batch_size: int, seq_len:
             gb = memory_per_gpu(config, zero, prec, n_gpus, micro_batch_size, seq_len)
             rows.append({"zero_stage": zero, "precision": prec, **{k: round(v, 2) for k, v in gb.items()}})
     return rows
+
+
+def fit_training(config: PhiConfig, *, n_gpus: int, seq_len: int, global_batch_size: int,
+                 precision: str = "bf16", gpu_gb: float = 80.0, usable: float = 0.85,
+                 max_micro_batch: int = 64) -> dict:
+    """ZeRO stage, micro batch and activation checkpointing for training on `n_gpus` GPUs of
+    `gpu_gb` (`memory_per_gpu` within `usable` of it, the rest for buffers and the CUDA context).
+
+    The rule: ZeRO-2 (the papers') unless only ZeRO-3 fits; activation checkpointing only when
+    nothing fits without it; then the largest power-of-two micro batch that fits and divides
+    the global batch over the GPUs (no remainder for gradient accumulation).
+    """
+    budget = usable * gpu_gb
+    for checkpointing in (False, True):
+        for zero in (2, 3):
+            micro = 0
+            for mb in (2 ** k for k in range(max_micro_batch.bit_length())):
+                if mb > max_micro_batch or global_batch_size % (mb * n_gpus):
+                    break
+                gb = memory_per_gpu(config, zero, precision, n_gpus, mb, seq_len,
+                                    activation_checkpointing=checkpointing)["total"]
+                if gb > budget:
+                    break
+                micro = mb
+            if micro:
+                gb = memory_per_gpu(config, zero, precision, n_gpus, micro, seq_len,
+                                    activation_checkpointing=checkpointing)["total"]
+                return {"zero_stage": zero, "micro_batch_size": micro,
+                        "activation_checkpointing": checkpointing, "memory_gb": round(gb, 2),
+                        "accumulation": global_batch_size // (micro * n_gpus)}
+    raise ValueError(f"{config.name or 'the model'} does not fit {n_gpus} GPUs of {gpu_gb:g} GB at "
+                     f"seq_len {seq_len} with global batch {global_batch_size} (ZeRO-3, activation "
+                     "checkpointing, micro batch 1): add GPUs or shorten the sequences")

@@ -133,7 +133,7 @@ class PosttrainStage(BaseStage):
         from phi_lib.paths import data_path
 
         pc = self.pc
-        name = pc.tokenizer or (self.cfg.mix.tokenizer if not _has_tokenizer(resolved) else None)
+        name = pc.tokenizer or (self.cfg.model.tokenizer if not _has_tokenizer(resolved) else None)
         if name is None:
             return resolved
         found = data_path(f"tokenizers/{name}", self.cfg.run.data_dir)

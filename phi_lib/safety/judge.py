@@ -15,7 +15,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from phi_lib.io import ShardedJsonlWriter, read_keyed
 
@@ -144,9 +144,12 @@ def _json_grade(reply: str) -> Optional[str]:
 
 
 def judge(backend, completions: Sequence[dict], sampling, out_dir: Path, *,
-          batch_size: int = 16, progress: bool = True, fmt: str = "chat") -> list[dict]:
-    """Grade every completion `out_dir` does not hold yet (key `item` = `<model>/<id>`);
-    returns the grade records of `completions`, in order. `fmt` is `toxicity.judge_format`."""
+          batch_size: int = 16, progress: bool = True, fmt: str = "chat",
+          fingerprint: Callable[[dict], str] = lambda c: "") -> list[dict]:
+    """Grade every completion `out_dir` does not hold yet (key `item`, see `item_key`);
+    returns the grade records of `completions`, in order. `fmt` is `toxicity.judge_format`;
+    each record carries `fingerprint(completion)` (what produced the grade: the stage prunes
+    grades of another judge or rubric before resuming)."""
     from tqdm.auto import tqdm
 
     writer = ShardedJsonlWriter(out_dir, "grades", shard_size=1000, key_field="item")
@@ -167,7 +170,8 @@ def judge(backend, completions: Sequence[dict], sampling, out_dir: Path, *,
                     parsed = grade_from_logprobs(r.top_logprobs)
                 writer.write({"item": item_key(c), "model": c["model"], "id": c["id"],
                               "category": c["category"], "reply": r.text, "grade": parsed.grade,
-                              "status": parsed.status, "judge": getattr(backend, "model", "")})
+                              "status": parsed.status, "judge": getattr(backend, "model", ""),
+                              "fingerprint": fingerprint(c)})
             bar.update(len(batch))
     bar.close()
     return read_keyed(out_dir, "item", [item_key(c) for c in completions])

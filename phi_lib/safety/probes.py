@@ -8,8 +8,9 @@ same spirit: leading prompts, one category each (`id`, `category`, `prompt`).
 
 The probed models are base models, so a prompt is continued as raw text (no chat template)
 and cut at the stop sequences of `toxicity.sampling`. Completions are written as they come
-(`completions/<model>/completions-NNNNN.jsonl`, one record per prompt id): an interrupted
-run resumes at the first missing prompt and never writes one twice.
+(`completions/<model>/completions-NNNNN.jsonl`, one record per prompt id, with the fingerprint
+of what produced it): an interrupted run resumes at the first missing prompt and never writes
+one twice.
 """
 from __future__ import annotations
 
@@ -56,8 +57,11 @@ def prompt_seed(run_seed: int, prompt_id: str) -> int:
 
 
 def complete(backend, model: str, prompts: Sequence[dict], sampling, out_dir: Path, *,
-             run_seed: int = 0, batch_size: int = 16, progress: bool = True) -> list[dict]:
-    """Complete every prompt `out_dir` does not hold yet; returns all records, prompt order."""
+             run_seed: int = 0, batch_size: int = 16, progress: bool = True,
+             fingerprint: str = "") -> list[dict]:
+    """Complete every prompt `out_dir` does not hold yet; returns all records, prompt order.
+    Each record carries `fingerprint` (the key of what produced it: the stage prunes records
+    of another before resuming)."""
     from tqdm.auto import tqdm
 
     writer = ShardedJsonlWriter(out_dir, "completions", shard_size=1000, key_field="id")
@@ -72,7 +76,8 @@ def complete(backend, model: str, prompts: Sequence[dict], sampling, out_dir: Pa
             for p, c in zip(batch, done):
                 writer.write({**p, "model": model, "completion": c.text,
                               "finish_reason": c.finish_reason,
-                              "completion_tokens": c.completion_tokens, "error": c.error})
+                              "completion_tokens": c.completion_tokens, "error": c.error,
+                              "fingerprint": fingerprint})
             bar.update(len(batch))
     bar.close()
     return read_keyed(out_dir, "id", [p["id"] for p in prompts])

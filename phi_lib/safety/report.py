@@ -34,9 +34,10 @@ def toxigen_table(scores: dict[str, dict[str, GroupScore]]):
     return pd.DataFrame.from_dict(table, orient="index")
 
 
-def toxigen_plot(scores: dict[str, dict[str, GroupScore]], path: Union[str, Path]):
+def toxigen_plot(scores: dict[str, dict[str, GroupScore]],
+                 path: Optional[Union[str, Path]] = None):
     """Per-group bars, models side by side (as phi-1.5 Figure 2); 0.5 = no preference.
-    Saved as PNG at `path`; returns the figure."""
+    Saved as PNG at `path` if given; returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith(
@@ -58,7 +59,8 @@ def toxigen_plot(scores: dict[str, dict[str, GroupScore]], path: Union[str, Path
     ax.set_ylabel("safety score (higher = safer)")
     ax.set_title("ToxiGen safety score per group (Hosseini et al. 2023)")
     ax.legend(fontsize=7, loc="upper right")
-    save_figure(fig, path)
+    if path is not None:
+        save_figure(fig, path)
     return fig
 
 

@@ -2,8 +2,13 @@
 
 Order (cheap first): truncation, length, repetition, exercise format, benchmark
 decontamination (13-gram, phi-1), the sandboxed exercise run (done in parallel over a
-batch), and last near-duplicates (MinHash against the samples kept so far: only a sample that
-passed everything else enters the index).
+batch), and last near-duplicates (MinHash in id order: only a sample that passed everything
+else enters the index, and the first copy wins). All but the last judge a sample alone, so
+their verdicts can be reused for an unchanged completion under unchanged filter settings;
+near-duplicates are decided again over the whole kind, so the result does not depend on the
+order in which samples were generated.
+
+A failed request is no sample: it never reaches these filters (phi_lib.synth.generate).
 """
 from __future__ import annotations
 
@@ -32,8 +37,6 @@ def check_length(text: str, cfg: SynthConfig) -> Optional[str]:
 
 
 def check_truncated(finish_reason: str, cfg: SynthConfig) -> Optional[str]:
-    if finish_reason == "error":
-        return "backend_error"
     return "truncated" if cfg.drop_truncated and finish_reason == "length" else None
 
 
@@ -94,3 +97,44 @@ class NearDuplicates:
         if kind not in self._index:
             self._index[kind] = MinHashDedup(threshold=self.threshold)
         return self._index[kind].duplicate_of(key, text)
+
+
+def check_alone(records: list[dict], cfg: SynthConfig, benchmarks) -> None:
+    """Run every filter that judges a sample by itself (all but near-duplicates) on
+    `records`, setting `drop_reason` (and `drop_detail`) on those that fail.
+
+    `benchmarks`: a callable returning `phi_lib.decontaminate.BenchmarkNgrams` (built on first
+    use, only if some sample gets that far)."""
+    programs: dict[int, str] = {}
+    for i, rec in enumerate(records):
+        reason = (check_truncated(rec["finish_reason"], cfg) or check_length(rec["text"], cfg)
+                  or check_repetition(rec["text"], cfg))
+        if reason is None and rec["kind"] == "code_exercises":
+            reason, programs[i] = exercise_program(rec["text"], rec["function_name"])
+            if reason and rec["finish_reason"] == "length":  # say why it is incomplete
+                reason, rec["drop_detail"] = "exercise_truncated", (
+                    f"{reason}: the completion hit max_new_tokens "
+                    f"({rec['sampling']['max_new_tokens']}) before the exercise was complete")
+        if reason is None and cfg.decontaminate_against:
+            bench = benchmarks().match(rec["text"])
+            if bench is not None:
+                reason, rec["drop_detail"] = "contaminated", bench
+        if reason:
+            rec["drop_reason"] = reason
+            programs.pop(i, None)
+    if cfg.check_exercises and programs:
+        idx = sorted(programs)
+        for i, (reason, detail) in zip(idx, run_exercises([programs[i] for i in idx], cfg)):
+            if reason:
+                records[i]["drop_reason"], records[i]["drop_detail"] = reason, detail
+
+
+def drop_near_duplicates(records: list[dict], threshold: float) -> None:
+    """Mark `near_duplicate` (detail: the id of the first copy) every record, in id order,
+    that is a near-duplicate of an earlier one that passed every other filter."""
+    near = NearDuplicates(threshold)
+    for rec in sorted(records, key=lambda r: r["id"]):
+        if not rec.get("drop_reason"):
+            dup = near.duplicate_of(rec["kind"], rec["id"], rec["text"])
+            if dup is not None:
+                rec["drop_reason"], rec["drop_detail"] = "near_duplicate", dup

@@ -115,6 +115,11 @@ def expand(topics: list[Topic], backend, target: int, sampling: SamplingConfig, 
         prompts = [template.format(n=per_call, topic=t.name, subject=t.subject) for t in seeds]
         comps = backend.generate(prompts, sampling, progress=progress,
                                  seeds=[seed * 1000 + rnd * len(seeds) + i for i in range(len(seeds))])
+        failed = [c.error for c in comps if c.finish_reason == "error"]
+        if failed:  # not an empty answer: the topic list would depend on a transient failure
+            raise RuntimeError(f"synth.expand_topics_to: {len(failed)} of {len(comps)} topic "
+                               f"expansion requests failed (first: {failed[0]}); run the stage "
+                               f"again (answered requests come from the request cache)")
         before = len(out)
         new = []
         for t, c in zip(seeds, comps):

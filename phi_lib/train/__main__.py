@@ -25,9 +25,11 @@ def main(argv=None) -> int:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
 
     from phi_lib.config import load
+    from phi_lib.provenance import file_digest
     from phi_lib.train import checkpoint as ckpt
     from phi_lib.train.errors import describe, write_error
 
+    config_digest = file_digest(args.config)  # launch() records the digest of what it wrote
     cfg = load(args.config)
     out = Path(args.out)
     rank = int(os.environ.get("RANK", 0))
@@ -42,7 +44,9 @@ def main(argv=None) -> int:
         _threads(cfg)
         from phi_lib.train.loop import Trainer
 
-        Trainer(cfg, out).run()
+        if rank == 0:
+            print(f"config {args.config} (digest {config_digest})", flush=True)
+        Trainer(cfg, out, config_digest=config_digest).run()
         return 0
     except BaseException as exc:  # noqa: BLE001 - reported, then the process exits non-zero
         if isinstance(exc, KeyboardInterrupt):

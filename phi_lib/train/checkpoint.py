@@ -1,14 +1,15 @@
 """Checkpoints: `05_train/checkpoints/step-N/`, each a complete Hugging Face model dir.
 
     step-N/config.json, model.safetensors   the weights (fp32), loadable by transformers
-    step-N/trainer_state.json               step, phase, data position, tokens, last metrics
+    step-N/trainer_state.json               step, phase, data position, tokens, last metrics,
+                                            the fingerprint of what made it (train.fingerprint)
     step-N/training_state.pt                optimizer, scheduler, loss scaler (single process)
     step-N/deepspeed/                       DeepSpeed's own optimizer shards (distributed)
     step-N/rng_rank{R}.pt                   each rank's RNG states (dropout replays exactly)
 
 A checkpoint is written into `.step-N.tmp/` and renamed when complete, so a kill -9 midway
 leaves the previous checkpoints intact and no half-written `step-N` for the evaluation stage
-(`phi_lib.hf_models.latest_checkpoint`) to pick up.
+to pick up (it loads the one stage 05 selected: `phi_lib.trained.selected_checkpoint`).
 """
 from __future__ import annotations
 

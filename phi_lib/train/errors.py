@@ -14,7 +14,7 @@ from typing import Optional
 from phi_lib.io import atomic_write_json
 
 ERRORS_DIR = "errors"
-_PRIORITY = {"nan": 0, "oom": 1, "config": 2, "error": 3}
+_PRIORITY = {"stale": 0, "nan": 0, "oom": 1, "config": 2, "error": 3}
 
 
 class TrainError(RuntimeError):
@@ -49,7 +49,11 @@ def is_oom(exc: BaseException) -> bool:
 
 def describe(exc: BaseException, micro_batch_size: int, last_good: Optional[Path]) -> dict:
     """{kind, message} for an exception raised by a training process."""
+    from phi_lib.provenance import StaleArtifact
+
     where = f"Last good checkpoint: {last_good or 'none yet'} (untouched)."
+    if isinstance(exc, StaleArtifact):  # found before any work: its message says what to do
+        return {"kind": "stale", "message": str(exc)}
     if isinstance(exc, NonFiniteLoss):
         return {"kind": "nan", "message": str(exc)}
     if is_oom(exc):

@@ -3,6 +3,11 @@
     files = prepare(cfg, out)        # resolved config + DeepSpeed JSON (+ the finetune set's dir)
     result = launch(cfg, out)        # single process, `deepspeed` or `torchrun`; streams the log
 
+`launch` first checks that the newest checkpoint was made by this config (else StaleArtifact,
+before anything starts), then always writes the current config to `train_config.yaml`
+(atomically) and hands the processes that exact file; its digest is in the result (and in
+every checkpoint the processes save), so a stale file from an earlier config is never read.
+
 `single` runs `python -m phi_lib.train`; `deepspeed` runs the DeepSpeed launcher (one node, or
 several from a hostfile over ssh/pdsh); `torchrun` runs one node's processes (multi-node
 torchrun is one command per node: `commands()` prints them). Every host of a hostfile is
@@ -27,6 +32,7 @@ import yaml
 from phi_lib.config import Config
 from phi_lib.io import atomic_write_text
 from phi_lib.paths import project_root
+from phi_lib.provenance import StaleArtifact, file_digest
 from phi_lib.train import checkpoint as ckpt
 from phi_lib.train.deepspeed_config import write_ds_config
 from phi_lib.train.errors import ERRORS_DIR, LaunchError, TrainError, read_errors
@@ -44,25 +50,38 @@ class LaunchResult:
     metrics: Path
     last_checkpoint: Optional[Path]
     seconds: float
+    config_digest: str = ""
+    """Digest of the `train_config.yaml` the processes read."""
+    resumed_from: Optional[int] = None
+    """Step of the checkpoint the run resumed from (None = a fresh start)."""
 
 
 def prepare(cfg: Config, out: Path) -> dict[str, Path]:
     """Write what the launched processes read: the resolved config (absolute output root)
     and the DeepSpeed JSON; with a finetune, first check that stage 03 packed its set."""
     from phi_lib.train.phases import finetune_data
+    from phi_lib.train.select import check_selectable
 
     ft = finetune_data(cfg) if cfg.train.finetune.enabled else None
+    check_selectable(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    d = cfg.to_dict()
-    d.pop("params_file", None)
-    d["run"]["output_root"] = str(cfg.run_dir.parent.resolve())
-    files = {"config": out / CONFIG_FILE, "deepspeed": out / "ds_config.json"}
-    atomic_write_text(files["config"], yaml.safe_dump(d, sort_keys=False))
+    files = {"config": write_config(cfg, out)[0], "deepspeed": out / "ds_config.json"}
     write_ds_config(cfg.train, files["deepspeed"])
     if ft is not None:
         files["finetune_data"] = ft
     return files
+
+
+def write_config(cfg: Config, out: Path) -> tuple[Path, str]:
+    """`train_config.yaml`: the resolved config the processes load (absolute output root),
+    written atomically; returns its path and content digest."""
+    d = cfg.to_dict()
+    d.pop("params_file", None)
+    d["run"]["output_root"] = str(cfg.run_dir.parent.resolve())
+    path = Path(out) / CONFIG_FILE
+    atomic_write_text(path, yaml.safe_dump(d, sort_keys=False))
+    return path, file_digest(path)
 
 
 def read_hostfile(path: Path) -> list[tuple[str, int]]:
@@ -147,16 +166,22 @@ def launch(cfg: Config, out: Path, on_line: Optional[Callable[[str], None]] = pr
            on_tick: Optional[Callable[[], None]] = None, tick_s: float = 5.0,
            echo_noise: bool = False) -> LaunchResult:
     """Run the launcher, stream its output to `on_line` and `train.log`, and raise
-    `TrainError` if it fails. `on_tick` is called every `tick_s` (live plots)."""
+    `TrainError` if it fails (`StaleArtifact`, before anything starts, if the newest
+    checkpoint was made with another config). `on_tick` is called every `tick_s` (live plots)."""
+    from phi_lib.train.fingerprint import check_resume
+    from phi_lib.train.select import check_selectable
+
     out = Path(out)
     tc = cfg.train
-    if not (out / CONFIG_FILE).is_file():
-        prepare(cfg, out)
     if tc.launcher == "torchrun" and tc.num_nodes > 1:
         raise LaunchError("torchrun starts one node per command; run on each node:\n"
                           + "\n".join(commands(cfg, out)) + "\nor use train.launcher=deepspeed")
     if tc.num_nodes > 1:
         check_hosts(read_hostfile(_hostfile(cfg)))
+    _, resume = check_resume(cfg, out)
+    check_selectable(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    _, config_digest = write_config(cfg, out)  # always the current config, never a stale file
     shutil.rmtree(out / ERRORS_DIR, ignore_errors=True)
     cmd = command(cfg, out)
     env = dict(os.environ)
@@ -192,9 +217,12 @@ def launch(cfg: Config, out: Path, on_line: Optional[Callable[[str], None]] = pr
     if on_tick is not None:
         on_tick()
     last = ckpt.latest(out / "checkpoints")
-    result = LaunchResult(rc, cmd, log_path, out / "metrics.jsonl", last, time.time() - t0)
+    result = LaunchResult(rc, cmd, log_path, out / "metrics.jsonl", last, time.time() - t0,
+                          config_digest, resume["step"] if resume else None)
     if rc != 0:
         errors = read_errors(out)
+        if errors and errors[0]["kind"] == "stale":
+            raise StaleArtifact(errors[0]["message"])
         if errors:
             raise TrainError(errors[0]["message"])
         raise TrainError(f"training exited with code {rc} ({' '.join(cmd)}); last good "

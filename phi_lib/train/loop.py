@@ -6,8 +6,14 @@ Per optimizer step: `accumulation` micro-batches of the packed stream (this rank
 the global batch), one optimizer step, the loss averaged over the global batch. Every
 `log_every` steps a metrics record (loss, lr, grad norm, loss scale, tokens/s, MFU); every
 `eval_every` the validation loss; every `save_every` (and at the end of a phase) a
-checkpoint. On start it resumes from the newest complete checkpoint: weights, optimizer,
-schedule, loss scaler, RNG and data position, so the loss curve continues exactly.
+checkpoint: the Hugging Face weights plus the model's tokenizer (`model.tokenizer`), so
+stages 06/07 and transformers read a checkpoint with the ids it was trained on, and the
+fingerprint of what produced it (phi_lib.train.fingerprint). On start it resumes from the
+newest complete checkpoint if that fingerprint matches the config (or differs by a
+continuation), else it stops before any work with `StaleArtifact`: weights, optimizer,
+schedule, loss scaler, RNG and data position, so the loss curve continues exactly, with the
+optimizer hyperparameters of the config (not the restored state's). Packed data made with
+another tokenizer, or with ids past the model's embedding, stops the phase before its first step.
 """
 from __future__ import annotations
 
@@ -26,16 +32,20 @@ from phi_lib.train import checkpoint as ckpt
 from phi_lib.train.deepspeed_config import accumulation_steps, write_ds_config
 from phi_lib.train.engines import DeepSpeedEngine, PlainEngine
 from phi_lib.train.errors import NonFiniteLoss
+from phi_lib.train.fingerprint import check_resume, phase_fingerprint
 from phi_lib.train.metrics import MetricsLog
 from phi_lib.train.mfu import mfu, peak_tflops
-from phi_lib.train.optim import make_optimizer
+from phi_lib.train.optim import make_optimizer, set_hyperparameters
 from phi_lib.train.phases import Phase, plan_phases
 from phi_lib.train.schedule import make_scheduler
+from phi_lib.train.select import protected_steps
 
 
 class Trainer:
-    def __init__(self, cfg: Config, out: Path, log=print):
+    def __init__(self, cfg: Config, out: Path, log=print, config_digest: Optional[str] = None):
         self.cfg, self.tc, self.out = cfg, cfg.train, Path(out)
+        self.config_digest = config_digest
+        """Digest of the config file this process read (recorded in each checkpoint)."""
         self.distributed = cfg.train.launcher != "single"
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
@@ -48,6 +58,7 @@ class Trainer:
         self.ckpt_root = self.out / "checkpoints"
         self._print = log
         self.phases = plan_phases(cfg, self.out)
+        self._hf_tokenizer = None
 
     # ------------------------------------------------------------------ helpers
     def log(self, msg: str) -> None:
@@ -72,18 +83,17 @@ class Trainer:
         model = PhiForCausalLM(PhiConfig.from_model_config(self.cfg.model))
         if init is not None:
             model.load_state_dict(ckpt.load_weights(init))
+        model.gradient_checkpointing_enable(self.tc.activation_checkpointing)
         return model.to(self.device)
 
     # ------------------------------------------------------------------ run
     def run(self) -> Optional[Path]:
-        """Train every phase not finished yet; returns the last checkpoint."""
+        """Train every phase not finished yet; returns the last checkpoint. A checkpoint made
+        with another config stops this before anything is built (StaleArtifact)."""
+        resume, state = check_resume(self.cfg, self.out)
         if self.rank == 0:
             ckpt.clean_partial(self.ckpt_root)
         self.barrier()
-        resume = ckpt.latest(self.ckpt_root)
-        state = ckpt.read_state(resume) if resume is not None else None
-        if state is not None:
-            self._check_compatible(state, resume)
         for phase in self.phases:
             if state is not None and state["step"] >= phase.last_step:
                 continue  # finished before
@@ -92,17 +102,9 @@ class Trainer:
             state = None
         return ckpt.latest(self.ckpt_root)
 
-    def _check_compatible(self, state: dict, resume: Path) -> None:
-        model_hash = self.cfg.section_hash("model")
-        if state.get("model_hash") not in (None, model_hash):
-            raise RuntimeError(
-                f"{resume} was trained with a different `model` config (hash "
-                f"{state['model_hash']} vs {model_hash}): resuming would mix architectures. "
-                f"Use a new run.name or remove {self.ckpt_root}.")
-
-    def train_phase(self, phase: Phase, resume: Optional[Path], state: Optional[dict]) -> None:
-        from phi_lib.packed import PackedDataset
-
+    def build_engine(self, phase: Phase, resume: Optional[Path]):
+        """Model, optimizer, schedule and engine of `phase`, restored from `resume` if given
+        (with the config's hyperparameters, not the saved ones)."""
         tc = self.tc
         init = resume if resume is not None else phase.init_from
         if init is not None and not (Path(init) / "config.json").is_file():
@@ -110,7 +112,7 @@ class Trainer:
         model = self.build_model(init)
         accumulation = accumulation_steps(phase.global_batch_size, tc.micro_batch_size, self.world)
         optimizer = make_optimizer(model, tc.optimizer, phase.lr, tc.betas, tc.eps, phase.weight_decay)
-        scheduler = make_scheduler(optimizer, tc.schedule, phase.warmup_steps, phase.steps)
+        scheduler = make_scheduler(optimizer, tc.schedule, phase.warmup_steps, phase.schedule_steps)
         if self.distributed:
             suffix = "" if phase.name == "pretrain" else f"_{phase.name}"
             ds_path = self.out / f"ds_config{suffix}.json"
@@ -127,12 +129,23 @@ class Trainer:
                                  initial_scale_power=tc.initial_scale_power,
                                  loss_scale_window=tc.loss_scale_window,
                                  min_loss_scale=tc.min_loss_scale)
-        step, sample, tokens = phase.offset, 0, 0
         if resume is not None:
             if not engine.load(resume):
                 warnings.warn(f"{resume} has no optimizer state for this launcher: resuming "
                               "with the weights only (fresh optimizer and schedule)")
+            set_hyperparameters(scheduler, phase.lr, tc.betas, tc.eps, phase.weight_decay)
             ckpt.load_rng(resume, self.rank)
+        return engine, accumulation
+
+    def train_phase(self, phase: Phase, resume: Optional[Path], state: Optional[dict]) -> None:
+        from phi_lib.packed import PackedDataset
+
+        tc = self.tc
+        engine, accumulation = self.build_engine(phase, resume)
+        model = engine.module
+        fingerprint = phase_fingerprint(self.cfg, phase.name)
+        step, sample, tokens = phase.offset, 0, 0
+        if resume is not None:
             step, sample, tokens = state["step"], state["sample"], state["tokens"]
             self.log(f"[{phase.name}] resumed from {resume.name}: step {step}, sample {sample}")
         else:
@@ -140,6 +153,7 @@ class Trainer:
                      + (f" from {phase.init_from}" if phase.init_from else " from random init"))
 
         train_ds = PackedDataset(phase.data_dir, "train")
+        check_packed_data(train_ds, self.cfg.model.tokenizer, model.config.vocab_size)
         try:
             val_ds = PackedDataset(phase.data_dir, "val")
         except FileNotFoundError:
@@ -154,12 +168,16 @@ class Trainer:
             if self.rank == 0 else None
         self.log(f"[{phase.name}] {self.world} process(es) x micro {tc.micro_batch_size} x "
                  f"accumulation {accumulation} = {phase.global_batch_size} sequences of {seq_len} "
-                 f"tokens per step; {tc.precision}; steps {step + 1}..{phase.last_step}")
+                 f"tokens per step; {tc.precision}; steps {step + 1}..{phase.last_step}"
+                 + (f" of a {phase.schedule_steps}-step schedule"
+                    if phase.schedule_steps != phase.steps else ""))
+        # the finetune's candidates need the val loss of their own step (select_by)
+        select = phase.name == "finetune" and tc.finetune.select_by == "val_loss"
 
         batches = train_ds.iter_batches(tc.micro_batch_size, self.rank, self.world,
                                         start_sample=sample, seed=self.cfg.run.seed)
         engine.train()
-        window_t0, window_steps, last_val = time.perf_counter(), 0, None
+        window_t0, window_steps, last_val, val_step = time.perf_counter(), 0, None, None
         try:
             while step < phase.last_step:
                 step += 1
@@ -188,15 +206,18 @@ class Trainer:
                               "tokens_per_s": tps, "mfu": mfu(tps, fpt, peak, self.world),
                               "step_time_s": dt / window_steps}
                     window_t0, window_steps = time.perf_counter(), 0
-                if val_ds is not None and (step % tc.eval_every == 0 or end):
-                    last_val = self.validate(engine, val_ds)
+                save = phase.saves_at(step)
+                if val_ds is not None and ((step - phase.offset) % tc.eval_every == 0 or end
+                                           or (select and save)):
+                    last_val, val_step = self.validate(engine, val_ds), step
                     record = record or {"step": step, "phase": phase.name}
                     record["val_loss"] = last_val
                 if record is not None and metrics is not None:
                     metrics.log(record)
                     self.log(" | ".join(f"{k} {_fmt(v)}" for k, v in record.items()))
-                if step % phase.save_every == 0 or end:
-                    self.save(engine, phase, step, sample, tokens, loss, last_val)
+                if save:
+                    self.save(engine, phase, fingerprint, step, sample, tokens, loss, last_val,
+                              val_step)
                     window_t0 = time.perf_counter()  # checkpoint time is not training time
         finally:
             if metrics is not None:
@@ -219,8 +240,17 @@ class Trainer:
         return float(self.all_mean(total / n))
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, engine, phase: Phase, step: int, sample: int, tokens: int, loss: float,
-             val_loss: Optional[float]) -> None:
+    def hf_tokenizer(self):
+        """The model's tokenizer as transformers saves it (written into each checkpoint)."""
+        if self._hf_tokenizer is None:
+            from phi_lib.data.tokenizer import load_tokenizer
+
+            self._hf_tokenizer = load_tokenizer(self.cfg.model.tokenizer,
+                                                data_dir=self.cfg.run.data_dir).to_transformers()
+        return self._hf_tokenizer
+
+    def save(self, engine, phase: Phase, fingerprint, step: int, sample: int, tokens: int,
+             loss: float, val_loss: Optional[float], val_step: Optional[int]) -> None:
         tmp = ckpt.tmp_dir(self.ckpt_root, step)
         if self.rank == 0:
             import shutil
@@ -230,18 +260,34 @@ class Trainer:
         self.barrier()
         engine.save(tmp, self.rank)
         ckpt.save_rng(tmp, self.rank)
+        if self.rank == 0:
+            self.hf_tokenizer().save_pretrained(str(tmp))
         self.barrier()
         if self.rank == 0:
             state = {"step": step, "phase": phase.name, "phase_step": step - phase.offset,
                      "sample": sample, "tokens": tokens, "train_loss": loss, "val_loss": val_loss,
-                     "world_size": self.world, "launcher": self.tc.launcher,
-                     "precision": self.tc.precision, "model_hash": self.cfg.section_hash("model"),
+                     "val_step": val_step, "world_size": self.world, "launcher": self.tc.launcher,
+                     "precision": self.tc.precision, "fingerprint": fingerprint.to_dict(),
+                     "config_digest": self.config_digest,
                      "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             final = ckpt.finalize(self.ckpt_root, step, state)
-            protect = tuple(p.last_step for p in self.phases[:-1])  # the finetune's start
+            protect = protected_steps(self.cfg, self.out)  # the finetune's start and best
             removed = ckpt.prune(self.ckpt_root, self.tc.keep_last, protect)
             self.log(f"saved {final}" + (f" (pruned {removed})" if removed else ""))
         self.barrier()
+
+
+def check_packed_data(ds, tokenizer: str, vocab_size: int) -> None:
+    """The packed mixture must hold the model's tokenizer's ids, all inside its embedding."""
+    packed_with = ds.mix.get("tokenizer")
+    if packed_with is not None and packed_with != tokenizer:
+        raise ValueError(f"{ds.mix_dir} was packed with the tokenizer {packed_with!r}, but the model "
+                         f"trains with {tokenizer!r} (model.tokenizer): rerun stage 03 "
+                         "(python -m phi_lib run <params> --stages 03)")
+    ids = ds.mix.get("vocab_size")
+    if ids is not None and ids > vocab_size:
+        raise ValueError(f"{ds.mix_dir} holds ids up to {ids - 1}, past the model's embedding "
+                         f"(vocab_size {vocab_size}); model.vocab_size must be at least {ids}")
 
 
 def _fmt(v) -> str:

@@ -27,3 +27,19 @@ def make_optimizer(model: torch.nn.Module, kind: str, lr: float, betas: list[flo
     fused = next(model.parameters()).is_cuda
     return cls(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps,
                fused=fused or None)
+
+
+def set_hyperparameters(scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float,
+                        betas: list[float], eps: float, weight_decay: float) -> None:
+    """After a resume: the config's hyperparameters, not the saved ones that the optimizer's
+    `load_state_dict` restored (a legitimate continuation must not train on with another
+    run's settings), and the lr the schedule gives at the restored step. The groups are
+    `param_groups`' (decayed matrices, then the rest); `scheduler.optimizer` is the torch
+    optimizer under either engine."""
+    groups = scheduler.optimizer.param_groups
+    for group, wd in zip(groups, (weight_decay, 0.0)):
+        group.update(betas=tuple(betas), eps=eps, weight_decay=wd, initial_lr=lr)
+    scheduler.base_lrs = [lr] * len(groups)
+    for group, lam in zip(groups, scheduler.lr_lambdas):
+        group["lr"] = lr * lam(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in groups]

@@ -44,8 +44,10 @@ def memory_table(cfg: Config, preset: str = "phi-1.5", n_gpus: Optional[int] = N
     return pd.DataFrame(rows).set_index(["zero_stage", "precision"])
 
 
-def implied_mfu(cfg: Config, preset: str = "phi-1.5", seq_len: int = 2048) -> float:
-    """The MFU the paper's GPU-hours would need on `plan_gpu`."""
+def implied_mfu(cfg: Config, preset: str = "phi-1.5", seq_len: int = 2048) -> Optional[float]:
+    """The MFU the paper's GPU-hours would need on `plan_gpu` (None when none are published)."""
+    if cfg.train.paper_gpu_hours is None:
+        return None
     from phi_lib.model.planning import flops_per_token
 
     tps = cfg.train.plan_tokens / (cfg.train.paper_gpu_hours * 3600)
@@ -62,10 +64,11 @@ def projection(cfg: Config, measured_mfu: Optional[float], preset: str = "phi-1.
     tc = cfg.train
     fpt = flops_per_token(_model(preset), seq_len)
     peak = GPU_PEAK_TFLOPS[tc.plan_gpu][0] * 1e12
+    implied = implied_mfu(cfg, preset, seq_len)
     sources = {f"measured here ({measured_mfu:.1%})" if measured_mfu else "measured here": measured_mfu,
-               f"MPT-1.3B on {tc.plan_gpu} ({MPT_MFU[tc.plan_gpu]:.1%})": MPT_MFU[tc.plan_gpu],
-               f"paper's 1.5K GPU-h implies ({implied_mfu(cfg, preset, seq_len):.1%})":
-                   implied_mfu(cfg, preset, seq_len)}
+               f"MPT-1.3B on {tc.plan_gpu} ({MPT_MFU[tc.plan_gpu]:.1%})": MPT_MFU[tc.plan_gpu]}
+    if implied is not None:
+        sources[f"paper's {tc.paper_gpu_hours:,.0f} GPU-h imply ({implied:.1%})"] = implied
     rows = []
     for name, m in sources.items():
         if not m:
@@ -75,7 +78,8 @@ def projection(cfg: Config, measured_mfu: Optional[float], preset: str = "phi-1.
             hours = tc.plan_tokens / (tps * n) / 3600
             rows.append({"mfu_source": name, "gpus": n, "tokens_per_s_per_gpu": round(tps),
                          "wall_days": round(hours / 24, 2), "gpu_hours": round(hours * n),
-                         "x_paper_gpu_hours": round(hours * n / tc.paper_gpu_hours, 2)})
+                         "x_paper_gpu_hours": round(hours * n / tc.paper_gpu_hours, 2)
+                         if tc.paper_gpu_hours else None})
     return pd.DataFrame(rows)
 
 
@@ -86,8 +90,9 @@ def plot_projection(table, cfg: Config, save=None):
     per_source = table.groupby("mfu_source", sort=False)["gpu_hours"].first()
     fig, ax = plt.subplots(figsize=(8, 3.2))
     ax.barh(per_source.index, per_source.values, color="#4C72B0")
-    ax.axvline(cfg.train.paper_gpu_hours, color="crimson", ls="--",
-               label=f"paper: {cfg.train.paper_gpu_hours:,.0f} {cfg.train.plan_gpu}-hours")
+    if cfg.train.paper_gpu_hours is not None:
+        ax.axvline(cfg.train.paper_gpu_hours, color="crimson", ls="--",
+                   label=f"paper: {cfg.train.paper_gpu_hours:,.0f} {cfg.train.plan_gpu}-hours")
     ax.set_xscale("log")
     ax.set_xlabel(f"{cfg.train.plan_gpu}-hours for {cfg.train.plan_tokens / 1e9:,.0f}B tokens (log)")
     ax.legend(loc="lower right")

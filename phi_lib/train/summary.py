@@ -1,20 +1,15 @@
-"""The stage's manifest numbers and final figure, from metrics.jsonl and the checkpoints."""
+"""The stage's manifest numbers, from metrics.jsonl and the checkpoints."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from phi_lib.train import checkpoint as ckpt
 from phi_lib.train.metrics import last_value, read_metrics
-from phi_lib.train.plots import plot_metrics
-
-FIGURE = "training.png"
 
 
 def summarize(out: Path, skip_first: int = 1) -> dict:
-    """{metrics, counts, figures} for `write_manifest`: final train/val loss, tokens/s and
-    MFU (mean over logged windows, the first `skip_first` excluded as warm-up)."""
-    import matplotlib.pyplot as plt
-
+    """{metrics, counts, last_checkpoint} for the manifest: final train/val loss, tokens/s
+    and MFU (mean over logged windows, the first `skip_first` excluded as warm-up)."""
     out = Path(out)
     records = read_metrics(out / "metrics.jsonl")
     if not records:
@@ -43,6 +38,5 @@ def summarize(out: Path, skip_first: int = 1) -> dict:
     metrics["tokens"] = sum(phase_tokens.values()) or None
     counts = {"checkpoints": len(ckpts), "skipped_steps": last_value(records, "skipped_steps") or 0,
               "logged_steps": len(records)}
-    plt.close(plot_metrics(records, save=out / FIGURE))
     return {"metrics": {k: v for k, v in metrics.items() if v is not None}, "counts": counts,
-            "figures": [FIGURE], "last_checkpoint": str(ckpts[-1][1]) if ckpts else None}
+            "last_checkpoint": str(ckpts[-1][1]) if ckpts else None}
