@@ -61,7 +61,9 @@ def test_a_changed_pair_share_retrains_dpo_only_and_resumes_after_kill_9(smoke_c
     kept_measure = {label: (out / "measure" / label / "benchmarks.json").stat().st_mtime_ns
                     for label in ("base", "sft")}
     old_dpo = read_json(out / "dpo" / "fingerprint.json")
-    over = {"posttrain.preference.pairs": "2"}
+    # the pairs change; stage 07 on the new DPO model is left out (it is the costliest part, and
+    # the benchmarks already show the measurement follows the retrained model)
+    over = {"posttrain.preference.pairs": "2", "posttrain.measure.probes": "false"}
 
     # the first run of the change is killed once DPO wrote its first checkpoint
     cmd = [sys.executable, "-m", "phi_lib", "run", str(project_root() / "params" / "smoke.yaml"),
