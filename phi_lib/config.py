@@ -1,10 +1,10 @@
 """Typed, strict configuration for every stage of the workbook.
 
 A params file is YAML with one section per stage (``run``, ``synth``, ``filter``, ``mix``,
-``model``, ``train``, ``evaluate``, ``toxicity``). ``extends: other.yaml`` (relative to the
-file) merges the file over another, so a recipe is a few lines over a base. Loading is strict:
-an unknown key (with a did-you-mean), a wrong type, a missing ``extends`` target or an
-impossible value raises :class:`ConfigError` naming the key path, before any work starts.
+``model``, ``train``, ``evaluate``, ``toxicity``, ``posttrain``). ``extends: other.yaml``
+(relative to the file) merges the file over another, so a recipe is a few lines over a base.
+Loading is strict: an unknown key (with a did-you-mean), a wrong type, a missing ``extends``
+target or an impossible value raises :class:`ConfigError` naming the key path, before any work starts.
 
 Every field carries a docstring (the string literal under it); ``tests/test_config.py``
 checks that none is missing. Defaults are the paper's where the paper gives one. Fields that
@@ -117,13 +117,14 @@ class RunConfig:
     data_dir: Optional[str] = operational(None)
     """Data folder with the layout of `shared/` (tokenizers/, benchmarks/, corpora/);
     empty = env `PHI_DATA`; neither = hub fallbacks."""
-    stages: list[str] = operational(default_factory=lambda: ["01", "02", "03", "04", "05", "06", "07"])
+    stages: list[str] = operational(default_factory=lambda: [
+        "01", "02", "03", "04", "05", "06", "07", "08"])
     """Stages this run executes, by number, in order."""
 
     def check(self) -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
             _fail("name", f"must be a plain folder name, got {self.name!r}")
-        known = ("01", "02", "03", "04", "05", "06", "07")
+        known = ("01", "02", "03", "04", "05", "06", "07", "08")
         for s in self.stages:
             if s not in known:
                 _fail("stages", f"unknown stage {s!r}; stages are {', '.join(known)}")
@@ -873,6 +874,412 @@ class ToxicityConfig:
         _one_of("judge_format", self.judge_format, ("chat", "completion"))
 
 
+# ----------------------------------------------------------------------------- 08 posttrain
+CHAT_SOURCE_KINDS = ("file", "synthetic", "hf")
+CHAT_FORMATS = ("auto", "messages", "instruction", "gsm8k", "hh_rlhf", "prompt_response", "pairs")
+"""Record formats stage 08 reads (phi_lib.posttrain.records documents each)."""
+SYNTH_CHAT_CATEGORIES = ("math", "coding", "reasoning", "conversation", "identity", "safety")
+"""The SFT data domains of the Phi-3 report (sec. 3, post-training)."""
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+"""TRL DPO loss types offered (`sigmoid` = the DPO paper's loss)."""
+
+
+@dataclass
+class ChatSourceConfig:
+    """One named source of conversations (SFT) or preference pairs (DPO)."""
+
+    kind: str = "file"
+    """`file` (a file or folder of the data folder, or an absolute path), `hf` (a `datasets`
+    dataset) or `synthetic` (SFT only: conversations generated as `posttrain.synthetic` says)."""
+    path: Optional[str] = None
+    """The file or folder (jsonl, jsonl.gz, json, parquet) for `kind: file`, relative to the data
+    folder unless absolute."""
+    hf_dataset: Optional[str] = None
+    """A `datasets` dataset for `kind: hf`: hub name or local dir, `name:config:split` allowed."""
+    format: str = "auto"
+    """Record format: `messages` (`messages: [{role, content}]`), `instruction` (Alpaca:
+    `instruction` + `input`/`output` or `instances`), `gsm8k` (`question`, `answer`), `hh_rlhf`
+    (`chosen`/`rejected` dialogues in Anthropic's Human/Assistant format), `prompt_response`,
+    `pairs` (`prompt`, `chosen`, `rejected`), or `auto` (decided per record by its keys)."""
+    weight: float = 1.0
+    """Share of `sft_examples` (SFT) or of `preference.pairs` (DPO) drawn from this source;
+    the weights of a mixture sum to 1."""
+    limit: Optional[int] = None
+    """Read at most this many records of the source (first in file order); empty = all."""
+
+    def check(self) -> None:
+        _one_of("kind", self.kind, CHAT_SOURCE_KINDS)
+        _one_of("format", self.format, CHAT_FORMATS)
+        _fraction("weight", self.weight)
+        if self.kind == "file" and not self.path:
+            _fail("path", "a `kind: file` source needs a path")
+        if self.kind == "hf" and not self.hf_dataset:
+            _fail("hf_dataset", "a `kind: hf` source needs a dataset name")
+        if self.limit is not None:
+            _positive("limit", self.limit)
+
+
+@dataclass
+class SyntheticChatConfig:
+    """Synthetic SFT conversations (the Phi-3 SFT domains), generated through the shared
+    backends like stage 01's textbooks: a user turn written from a topic of a category, then the
+    assistant's answer; provenance fields, quality filters, dedup and decontamination."""
+
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    """Generator backend (a strong teacher for real runs)."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
+        max_new_tokens=512, temperature=0.8, top_p=0.95))
+    """Sampling of both the user turns and the answers."""
+    categories: list[str] = field(default_factory=lambda: list(SYNTH_CHAT_CATEGORIES))
+    """Domains to generate, taken in turn (topics per category: phi_lib/posttrain/data/topics.yaml)."""
+    turns: int = 1
+    """User/assistant exchanges per conversation (a follow-up question is written for each
+    turn after the first)."""
+    assistant_name: str = "Phi Workbook"
+    """The name the model gives itself in `identity` conversations (model identity data)."""
+    min_chars: int = 20
+    """Drop a conversation with a turn shorter than this."""
+    drop_truncated: bool = True
+    """Drop a conversation whose answer hit `max_new_tokens`."""
+    max_repeated_ngrams: float = 0.3
+    """Drop a conversation in which more than this share of word 4-grams are repeats."""
+    dedup_threshold: float = 0.8
+    """MinHash Jaccard similarity above which two conversations are near-duplicates."""
+    decontaminate_ngram: int = 13
+    """n-gram length of the decontamination against the benchmarks (phi-1: 13)."""
+    decontaminate_against: list[str] = field(default_factory=lambda: [
+        "arc_challenge", "arc_easy", "boolq", "gsm8k", "hellaswag", "mbpp", "mmlu", "openbookqa",
+        "piqa", "siqa", "winogrande", "humaneval", "mt_bench"])
+    """Benchmarks (folders of the data folder's `benchmarks/`, `humaneval` from its package)
+    whose n-grams a conversation must not share; MT-bench included, as it is measured here."""
+    batch_prompts: int = operational(16)
+    """Prompts per backend call (results are written after each call)."""
+
+    def check(self) -> None:
+        for i, c in enumerate(self.categories):
+            _one_of(f"categories.{i}", c, SYNTH_CHAT_CATEGORIES, what="category")
+        if not self.categories:
+            _fail("categories", "name at least one category")
+        _positive("turns", self.turns)
+        _non_negative("min_chars", self.min_chars)
+        _fraction("max_repeated_ngrams", self.max_repeated_ngrams)
+        _fraction("dedup_threshold", self.dedup_threshold)
+        _positive("decontaminate_ngram", self.decontaminate_ngram)
+        _positive("batch_prompts", self.batch_prompts)
+
+
+@dataclass
+class PreferenceConfig:
+    """DPO pairs: chosen/rejected pairs from files, and generated ones (two samples per prompt
+    from the SFT model, ranked by the judge with FastChat's pairwise rubric in both orders)."""
+
+    sources: dict[str, ChatSourceConfig] = field(default_factory=dict)
+    """Named pair sources (HH-RLHF: `format: hh_rlhf`), weights summing to 1."""
+    pairs: int = 1000
+    """Pairs drawn from `sources` by weight (a source with fewer is repeated; counted)."""
+    generate: int = 0
+    """Prompts for which the SFT model writes two samples that the judge ranks; 0 = none."""
+    prompts_from: str = "sft"
+    """Prompts of the generated pairs: `sft` (the user turns of the SFT set, each conversation's
+    last answer left out) or a pair source name (its prompts)."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
+        max_new_tokens=256, temperature=1.0, top_p=1.0))
+    """Sampling of the two candidate answers (a high temperature makes them differ)."""
+    judge: BackendConfig = field(default_factory=BackendConfig)
+    """Judge backend that picks the better answer."""
+    judge_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
+        max_new_tokens=512, temperature=0.0, top_p=1.0))
+    """Judge sampling: greedy, room for the explanation before the verdict."""
+    judge_format: str = "chat"
+    """`chat`: the judge explains, then writes `[[A]]`, `[[B]]` or `[[C]]` (tie); `completion`:
+    the prompt ends in `Verdict: [[` and the verdict is the first letter the judge writes
+    (small local judges)."""
+
+    def check(self) -> None:
+        if self.sources:
+            _sums_to_one("sources", {k: s.weight for k, s in self.sources.items()}, ".weight")
+        for name, s in self.sources.items():
+            if s.kind == "synthetic":
+                _fail(f"sources.{name}.kind", "pairs come from `file` or `hf` sources; generated "
+                      "pairs are `preference.generate`")
+        _non_negative("pairs", self.pairs)
+        _non_negative("generate", self.generate)
+        if self.prompts_from != "sft" and self.prompts_from not in self.sources:
+            _fail("prompts_from", _unknown(self.prompts_from, ["sft", *self.sources], "prompt source"))
+        _one_of("judge_format", self.judge_format, ("chat", "completion"))
+
+
+@dataclass
+class LoraSettings:
+    """LoRA through `peft` (the adapter is merged into the saved model of each phase)."""
+
+    enabled: bool = False
+    """Train LoRA adapters instead of all weights (DPO's reference is then the model with its
+    adapters off, so no second copy is loaded)."""
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """Adapter scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Modules that get adapters (`all-linear`, or names such as `q_proj`, `v_proj`)."""
+
+    def check(self) -> None:
+        _positive("r", self.r)
+        _positive("alpha", self.alpha)
+        _fraction("dropout", self.dropout)
+        if not self.target_modules:
+            _fail("target_modules", "name at least one module (or all-linear)")
+
+
+@dataclass
+class SFTSettings:
+    """Supervised finetuning with TRL's SFTTrainer: loss on assistant tokens only."""
+
+    lr: float = 2e-5
+    """Peak learning rate."""
+    schedule: str = "cosine"
+    """`cosine`, `linear` or `constant` (after the warmup)."""
+    warmup_ratio: float = 0.03
+    """Share of the steps spent warming up linearly."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    epochs: float = 3.0
+    """Passes over the SFT set (ignored when `max_steps` is set)."""
+    max_steps: Optional[int] = None
+    """Optimizer steps; empty = `epochs` passes."""
+    global_batch_size: int = 128
+    """Sequences (packed windows when `packing`) per optimizer step across all ranks."""
+    micro_batch_size: int = 4
+    """Sequences per rank per forward; accumulation = global / (micro x processes)."""
+    max_length: int = 4096
+    """Tokens per sequence (the window length when packing; phi-3-mini: 4096)."""
+    packing: bool = True
+    """Pack conversations into windows of `max_length` (TRL's best-fit decreasing, padding-free:
+    each conversation attends only to itself through its position ids)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 = off."""
+    save_steps: int = operational(200)
+    """Checkpoint every N steps (a resumed run continues from the last complete one)."""
+    keep_last: int = operational(2)
+    """Checkpoints kept."""
+    log_every: int = operational(10)
+    """Log every N steps."""
+
+    def check(self) -> None:
+        _positive("lr", self.lr)
+        _one_of("schedule", self.schedule, ("cosine", "linear", "constant"))
+        _fraction("warmup_ratio", self.warmup_ratio)
+        _non_negative("weight_decay", self.weight_decay)
+        _positive("epochs", self.epochs)
+        if self.max_steps is not None:
+            _positive("max_steps", self.max_steps)
+        for name in ("global_batch_size", "micro_batch_size", "max_length", "save_steps",
+                     "keep_last", "log_every"):
+            _positive(name, getattr(self, name))
+        _non_negative("grad_clip", self.grad_clip)
+
+
+@dataclass
+class DPOSettings:
+    """Direct preference optimization with TRL's DPOTrainer, from the SFT model (its reference)."""
+
+    beta: float = 0.1
+    """DPO's beta: the strength of the pull towards the reference model."""
+    loss_type: str = "sigmoid"
+    """`sigmoid` (the DPO paper: -log sigmoid(beta * margin)), `ipo`, `hinge` or `robust`."""
+    lr: float = 5e-7
+    """Peak learning rate (Zephyr's DPO: 5e-7)."""
+    schedule: str = "cosine"
+    """`cosine`, `linear` or `constant` (after the warmup)."""
+    warmup_ratio: float = 0.1
+    """Share of the steps spent warming up linearly."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    epochs: float = 1.0
+    """Passes over the pairs (ignored when `max_steps` is set)."""
+    max_steps: Optional[int] = None
+    """Optimizer steps; empty = `epochs` passes."""
+    global_batch_size: int = 64
+    """Pairs per optimizer step across all ranks."""
+    micro_batch_size: int = 2
+    """Pairs per rank per forward."""
+    max_length: int = 4096
+    """Tokens of prompt + answer (longer pairs are cut at the end)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 = off."""
+    save_steps: int = operational(200)
+    """Checkpoint every N steps (a resumed run continues from the last complete one)."""
+    keep_last: int = operational(2)
+    """Checkpoints kept."""
+    log_every: int = operational(10)
+    """Log every N steps."""
+
+    def check(self) -> None:
+        _positive("beta", self.beta)
+        _one_of("loss_type", self.loss_type, DPO_LOSSES)
+        _positive("lr", self.lr)
+        _one_of("schedule", self.schedule, ("cosine", "linear", "constant"))
+        _fraction("warmup_ratio", self.warmup_ratio)
+        _non_negative("weight_decay", self.weight_decay)
+        _positive("epochs", self.epochs)
+        if self.max_steps is not None:
+            _positive("max_steps", self.max_steps)
+        for name in ("global_batch_size", "micro_batch_size", "max_length", "save_steps",
+                     "keep_last", "log_every"):
+            _positive(name, getattr(self, name))
+        _non_negative("grad_clip", self.grad_clip)
+
+
+MEASURED_MODELS = ("base", "sft", "dpo")
+
+
+@dataclass
+class MeasureConfig:
+    """Base vs SFT vs DPO: stage 06's tasks (through `python -m phi_lib eval`), MT-bench graded
+    by the judge, and stage 07 re-run on each model (through the runner)."""
+
+    models: list[str] = field(default_factory=lambda: list(MEASURED_MODELS))
+    """Which of `base`, `sft`, `dpo` to measure."""
+    tasks: list[str] = field(default_factory=lambda: [
+        "mmlu", "gsm8k", "arc_challenge", "hellaswag", "winogrande", "humaneval"])
+    """Stage 06 tasks (lm-eval names) run on each model, with `evaluate`'s settings."""
+    limit: Optional[int] = None
+    """First N items of each task; empty = all."""
+    mt_bench_limit: Optional[int] = None
+    """MT-bench questions (the first N of the 80, taking the 8 categories in turn); empty = all."""
+    mt_bench_max_new_tokens: int = 1024
+    """Most new tokens per MT-bench answer (FastChat: 1024; temperatures per category are
+    FastChat's)."""
+    judge: BackendConfig = field(default_factory=BackendConfig)
+    """MT-bench judge (FastChat used GPT-4)."""
+    judge_sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
+        max_new_tokens=1024, temperature=0.0, top_p=1.0))
+    """Judge sampling (FastChat: greedy, 2048 tokens)."""
+    judge_format: str = "chat"
+    """`chat`: the judge explains, then writes `Rating: [[N]]`; `completion`: the prompt ends in
+    `Rating: [[` and the number the judge writes first is the grade (small local judges)."""
+    probes: bool = True
+    """Re-run stage 07 (ToxiGen score, adversarial prompts and their judge) on each model."""
+    probe_limit: Optional[int] = None
+    """Adversarial prompts per model (as `toxicity.probe_limit`); empty = `toxicity`'s value."""
+    toxigen_groups: Optional[list[str]] = None
+    """ToxiGen groups per model (as `toxicity.groups`); empty = `toxicity`'s value."""
+    toxigen_per_group: Optional[int] = None
+    """ToxiGen statements per group and label; empty = `toxicity`'s value."""
+
+    def check(self) -> None:
+        for i, m in enumerate(self.models):
+            _one_of(f"models.{i}", m, MEASURED_MODELS, what="model")
+        for i, t in enumerate(self.tasks):
+            if t not in ALL_TASKS:
+                _fail(f"tasks.{i}", _unknown(t, ALL_TASKS, "task"))
+        for name in ("limit", "mt_bench_limit", "probe_limit", "toxigen_per_group"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
+        _positive("mt_bench_max_new_tokens", self.mt_bench_max_new_tokens)
+        _one_of("judge_format", self.judge_format, ("chat", "completion"))
+        for i, g in enumerate(self.toxigen_groups or []):
+            _one_of(f"toxigen_groups.{i}", g, TOXIGEN_GROUPS + TOXIGEN_EXTRA_GROUPS,
+                    what="ToxiGen group")
+
+
+@dataclass
+class PosttrainConfig:
+    """Stage 08: post-training as Phi-3 did, SFT then DPO (TRL), and its effect measured."""
+
+    base_model: str = "checkpoint"
+    """Model to align: `checkpoint` (the last of stage 05), a checkpoint or HF dir, a hub
+    name, a `.gguf` file, or `smollm2`."""
+    tokenizer: Optional[str] = None
+    """Tokenizer (a folder of the data folder's `tokenizers/`, a path or a hub name); empty = the
+    model's own, or for a stage-05 checkpoint (none saved) `mix.tokenizer`."""
+    chat_template: str = "auto"
+    """`phi-3` (`<|user|> ... <|end|> <|assistant|>`, the phi-3-mini tokenizer's), `chatml`
+    (SmolLM2's `<|im_start|>`), `plain` (`User:` / `Assistant:` lines, for the phi-1.5 models),
+    or `auto`: the tokenizer's own when it is one of these, `plain` when it has none."""
+    sft_sources: dict[str, ChatSourceConfig] = field(default_factory=lambda: {
+        "synthetic": ChatSourceConfig(kind="synthetic", weight=0.5),
+        "gsm8k": ChatSourceConfig(path="posttrain/sft/gsm8k", format="gsm8k", weight=0.3),
+        "alpaca": ChatSourceConfig(path="posttrain/sft/alpaca", format="instruction", weight=0.2)})
+    """Named SFT sources with weights summing to 1 (synthetic conversations, files, datasets)."""
+    sft_examples: int = 1000
+    """Conversations in the SFT set, drawn from `sft_sources` by weight (a source with fewer is
+    repeated, counted as its epochs)."""
+    synthetic: SyntheticChatConfig = field(default_factory=SyntheticChatConfig)
+    """How the `synthetic` SFT source is generated."""
+    preference: PreferenceConfig = field(default_factory=lambda: PreferenceConfig(sources={
+        "helpful": ChatSourceConfig(path="posttrain/hh-rlhf/helpful-base", format="hh_rlhf",
+                                    weight=0.5),
+        "harmless": ChatSourceConfig(path="posttrain/hh-rlhf/harmless-base", format="hh_rlhf",
+                                     weight=0.5)}))
+    """The DPO pairs."""
+    sft: SFTSettings = field(default_factory=SFTSettings)
+    """The SFT phase."""
+    dpo: DPOSettings = field(default_factory=DPOSettings)
+    """The DPO phase."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA (both phases) instead of full finetuning."""
+    launcher: str = "single"
+    """`single` (one process), `accelerate` (`accelerate launch` with a DeepSpeed plugin config
+    written from these params) or `deepspeed` (the DeepSpeed launcher, as stage 05)."""
+    num_gpus: int = 1
+    """Processes per node."""
+    num_nodes: int = 1
+    """Nodes (multi-node needs `hostfile`)."""
+    hostfile: Optional[str] = operational(None)
+    """DeepSpeed hostfile (`host slots=N` per line) for multi-node runs."""
+    master_port: int = operational(29510)
+    """Rendezvous port of the multi-process launchers."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage with `accelerate`/`deepspeed` (3 shards the weights too: DPO's
+    policy and reference of a 3.8B model)."""
+    precision: str = "bf16"
+    """`fp32`, `fp16` or `bf16` (mixed precision of the trainer)."""
+    gradient_checkpointing: bool = operational(False)
+    """Recompute activations in the backward pass (less memory, same numbers)."""
+    device: str = operational("auto")
+    """`auto` (cuda if available), `cpu` or `cuda` for training and generation."""
+    generation_backend: str = "transformers"
+    """How the models being aligned generate (the generated pairs' samples, MT-bench answers):
+    `transformers` or `vllm` (in-process, GPU: what a real run wants for 20K+ samples; its
+    samples differ from transformers' for the same seed, so this is part of the results)."""
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    """What is measured on base, SFT and DPO."""
+
+    def check(self) -> None:
+        _one_of("chat_template", self.chat_template, ("auto", "phi-3", "chatml", "plain"))
+        _one_of("generation_backend", self.generation_backend, ("transformers", "vllm"))
+        if not self.sft_sources:
+            _fail("sft_sources", "name at least one SFT source")
+        _sums_to_one("sft_sources", {k: s.weight for k, s in self.sft_sources.items()}, ".weight")
+        _positive("sft_examples", self.sft_examples)
+        _one_of("launcher", self.launcher, ("single", "accelerate", "deepspeed"))
+        _positive("num_gpus", self.num_gpus)
+        _positive("num_nodes", self.num_nodes)
+        if self.num_nodes > 1 and not self.hostfile:
+            _fail("hostfile", "a multi-node run (num_nodes > 1) needs a hostfile")
+        _one_of("zero_stage", self.zero_stage, (0, 1, 2, 3))
+        _one_of("precision", self.precision, ("fp32", "fp16", "bf16"))
+        world = self.world_size
+        for name, s in (("sft", self.sft), ("dpo", self.dpo)):
+            if s.global_batch_size % (s.micro_batch_size * world):
+                _fail(f"{name}.global_batch_size", f"{s.global_batch_size} is not a multiple of "
+                      f"micro_batch_size x processes = {s.micro_batch_size} x {world}")
+        if self.preference.pairs == 0 and self.preference.generate == 0:
+            _fail("preference.pairs", "DPO needs pairs: set preference.pairs (from "
+                  "preference.sources) or preference.generate")
+        if self.preference.pairs and not self.preference.sources:
+            _fail("preference.sources", f"preference.pairs={self.preference.pairs} needs a pair "
+                  "source (or set preference.pairs=0 and use preference.generate)")
+
+    @property
+    def world_size(self) -> int:
+        """Training processes: 1 for the single launcher, else GPUs per node x nodes."""
+        return 1 if self.launcher == "single" else self.num_gpus * self.num_nodes
+
+
 # ----------------------------------------------------------------------------- the whole run
 @dataclass
 class Config:
@@ -894,6 +1301,8 @@ class Config:
     """Stage 06: benchmarks."""
     toxicity: ToxicityConfig = field(default_factory=ToxicityConfig)
     """Stage 07: toxicity and bias probes."""
+    posttrain: PosttrainConfig = field(default_factory=PosttrainConfig)
+    """Stage 08: post-training (SFT then DPO) and its effect."""
     params_file: Optional[str] = None
     """The params file this config was loaded from (set by `load`)."""
 
@@ -1036,7 +1445,7 @@ def _deep_merge(base: dict, over: dict) -> dict:
 def _replaces(key: str) -> bool:
     # A recipe's mixture is a whole: merging its source names into the base's would keep
     # stale sources (and break the weights sum), so these maps replace instead of merging.
-    return key in ("sources", "kinds", "weights")
+    return key in ("sources", "kinds", "weights", "sft_sources")
 
 
 def _build(cls: type, raw: Any, path: str) -> Any:

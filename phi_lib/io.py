@@ -326,8 +326,8 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "tokenizers", "datasets", "deepspeed", "lm_eval",
-                "phi-workbook"):
+    for pkg in ("torch", "transformers", "tokenizers", "datasets", "deepspeed", "lm_eval", "trl",
+                "peft", "phi-workbook"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -1,4 +1,4 @@
-"""The seven stages: their notebooks, output folders, named outputs and what they depend on.
+"""The eight stages: their notebooks, output folders, named outputs and what they depend on.
 
 A stage's fingerprint (phi_lib.provenance) covers the result-affecting fields of its own
 config sections, the data folder, and for each stage it reads, that stage's fingerprint and
@@ -109,4 +109,8 @@ STAGES: dict[str, Stage] = {s.number: s for s in (
           ("checkpoints/*/config.json", "checkpoints/*/*.safetensors", "selected.json")),
     Stage("06", "evaluate", ("evaluate",), ("05",), ("results.json",)),
     Stage("07", "toxicity", ("toxicity",), ("05",), ("results.json",)),
+    # 08 measures with stage 06's and 07's settings, so their sections are part of its results
+    Stage("08", "posttrain", ("posttrain", "evaluate", "toxicity"), ("05",),
+          ("sft/model/config.json", "sft/model/*.safetensors", "dpo/model/config.json",
+           "dpo/model/*.safetensors", "results.json")),
 )}

@@ -9,7 +9,7 @@ import pytest
 pytestmark = pytest.mark.unit
 
 PHI_LIB = Path(__file__).resolve().parent.parent / "phi_lib"
-STAGE_PACKAGES = ("synth", "filter", "data", "model", "train", "evaluate", "safety")
+STAGE_PACKAGES = ("synth", "filter", "data", "model", "train", "evaluate", "safety", "posttrain")
 SHARED = ("phi_lib.model", "phi_lib.data.tokenizer")
 """Stage modules any stage may import (with their submodules)."""
 IMPORTERS = {"import_module", "__import__"}

@@ -50,7 +50,8 @@ def test_runs_skips_and_reports(project):
     res = run(params, stages=["01", "03", "05"], log=logs.append)
     status = {s.stage: s.status for s in res.statuses}
     assert status == {"01": "done", "02": "not selected", "03": "not built", "04": "not selected",
-                      "05": "done", "06": "not selected", "07": "not selected"}
+                      "05": "done", "06": "not selected", "07": "not selected",
+                      "08": "not selected"}
     run_dir = root / "out" / "t"
     assert (run_dir / "01_synthesize" / "executed.ipynb").is_file()
     assert json.loads((run_dir / "05_train" / "manifest.json").read_text())["metrics"] == {"steps": 10}

@@ -57,7 +57,8 @@ OPERATIONAL_FLIPS = {
     "filter.annotator.timeout_s": "33", "mix.num_proc": "1", "mix.batch_docs": "9",
     "model.sample_max_new_tokens": "5", "model.gpus": "2", "train.log_every": "3",
     "train.master_port": "29517", "train.tensorboard": "false", "evaluate.batch_size": "3",
-    "evaluate.timeout_s": "4", "toxicity.batch_size": "3", "toxicity.judge.max_retries": "1"}
+    "evaluate.timeout_s": "4", "toxicity.batch_size": "3", "toxicity.judge.max_retries": "1",
+    "posttrain.sft.log_every": "3", "posttrain.master_port": "29999"}
 
 
 def test_operational_knobs_recompute_nothing_through_the_runner(smoke_copy):
