@@ -35,7 +35,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_status)
 
-    p = sub.add_parser("config", help="validate a params file and print the resolved config")
+    p = sub.add_parser("config", help="validate a params file, print the resolved config and its "
+                       "plan (GB per GPU per ZeRO stage, GPU-hours per MFU source)")
     p.add_argument("params")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_config)
@@ -105,7 +106,47 @@ def _cmd_config(args) -> int:
     d.pop("params_file", None)
     print(yaml.safe_dump(d, sort_keys=False), end="")
     print(f"# config hash: {cfg.hash()}")
+    for line in plan_lines(cfg):  # YAML comments: the output still loads as the config
+        print(f"# {line}".rstrip())
     return 0
+
+
+def plan_lines(cfg) -> list[str]:
+    """The planner's view of a config (phi_lib.train.planner, phi_lib.model.planning): GB per
+    GPU per ZeRO stage, the fit for the GPUs it names, and GPU-hours of `train.plan_tokens` at
+    each MFU source; a stage-05 MFU counts only if measured on `train.plan_gpu`."""
+    from phi_lib.io import read_json
+    from phi_lib.model.planning import fit_training, param_count
+    from phi_lib.stage_base import STEPS_DIR
+    from phi_lib.stages import STAGES
+    from phi_lib.train.planner import memory_table, plan_model, plan_seq_len, projection
+
+    tc, model = cfg.train, plan_model(cfg)
+    seq_len = plan_seq_len(cfg, model)
+    mem = memory_table(cfg, n_gpus=tc.world_size)["total"].unstack("precision")
+    lines = [f"plan: {model.name} ({param_count(model)['total']:,} parameters), seq {seq_len}, "
+             f"{tc.world_size} GPU(s), micro batch {tc.micro_batch_size}",
+             "GB per GPU (weights, gradients, Adam, activations):  " + "  ".join(mem.columns)]
+    lines += [f"  ZeRO-{zero}  " + "  ".join(f"{gb:8.1f}" for gb in row) for zero, row in mem.iterrows()]
+    try:
+        fit = fit_training(model, n_gpus=tc.world_size, seq_len=seq_len,
+                           global_batch_size=tc.global_batch_size, precision=tc.precision)
+        lines.append(f"planner fit ({tc.precision}, 80 GB): ZeRO-{fit['zero_stage']}, micro batch "
+                     f"{fit['micro_batch_size']}, activation checkpointing "
+                     f"{'on' if fit['activation_checkpointing'] else 'off'}, {fit['memory_gb']} GB "
+                     f"per GPU; configured: ZeRO-{tc.zero_stage}, micro batch {tc.micro_batch_size}")
+    except ValueError as e:
+        lines.append(f"planner fit: {e}")
+    try:  # this run's stage-05 MFU, if it has trained
+        stats = read_json(STAGES["05"].dir(cfg) / STEPS_DIR / "summarize.json")
+    except (OSError, ValueError):
+        stats = {}
+    table = projection(cfg, (stats.get("metrics") or {}).get("mfu"), stats.get("mfu_device"))
+    lines.append(f"{tc.plan_gpu}-hours for {tc.plan_tokens / 1e9:,.0f}B tokens:")
+    for source, rows in table.groupby("mfu_source", sort=False):
+        days = ", ".join(f"{n} GPUs {d:,.1f} days" for n, d in zip(rows["gpus"], rows["wall_days"]))
+        lines.append(f"  {rows['gpu_hours'].iloc[0]:>12,}  [{rows['mfu_basis'].iloc[0]}] {source}; {days}")
+    return lines
 
 
 if __name__ == "__main__":

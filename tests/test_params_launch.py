@@ -138,3 +138,50 @@ def test_smoke_plans_phi_1_5_and_drops_its_cpu_mfu(tmp_path):
     fig = plot_projection(table, cfg)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert any("published anchor" in t and "cpu" in t for t in labels)
+
+
+@pytest.mark.parametrize("device", ["H100", "cpu"])
+def test_config_command_prints_the_plan(device, tmp_path, capsys):
+    """`python -m phi_lib config P`: the resolved config (still YAML), then GB per GPU per ZeRO
+    stage and GPU-hours at the anchor MFU, plus this run's stage-05 MFU only if it was
+    measured on the plan's GPU kind."""
+    import yaml
+
+    from phi_lib.__main__ import main
+    from phi_lib.io import atomic_write_json
+    from phi_lib.model.planning import flops_per_token
+    from phi_lib.train.mfu import GPU_PEAK_TFLOPS
+    from phi_lib.train.planner import MPT_MFU
+
+    cfg = recipe("phi-3-small.yaml", tmp_path)
+    tc, gpu = cfg.train, cfg.train.plan_gpu
+    assert gpu == "H100"
+    # what stage 05's summary step records: a 30% MFU measured on `device`
+    atomic_write_json(cfg.run_dir / "05_train" / ".steps" / "summarize.json",
+                      {"metrics": {"mfu": 0.30}, "mfu_device": device})
+    assert main(["config", str(project_root() / "params/phi-3-small.yaml"),
+                 "--set", f"run.output_root={tmp_path}"]) == 0
+    text = capsys.readouterr().out
+    printed = yaml.safe_load(text)
+    assert printed == {k: v for k, v in cfg.to_dict().items() if k != "params_file"}
+    lines = [x.removeprefix("# ").strip() for x in text.splitlines() if x.startswith("# ")]
+    model = PhiConfig.from_model_config(cfg.model)
+    for zero in range(4):
+        gb = memory_per_gpu(model, zero, "bf16", tc.world_size, tc.micro_batch_size,
+                            model.max_position_embeddings)["total"]
+        row = next(x for x in lines if x.startswith(f"ZeRO-{zero} "))
+        assert float(row.split()[1]) == pytest.approx(gb, abs=0.05)
+    assert any(x.startswith("planner fit (bf16, 80 GB): ZeRO-2") for x in lines)
+
+    def hours(mfu):  # tokens x FLOPs per token / (MFU x peak)
+        fpt = flops_per_token(model, model.max_position_embeddings)
+        return tc.plan_tokens * fpt / (mfu * GPU_PEAK_TFLOPS[gpu][0] * 1e12) / 3600
+
+    plan = {x.split("]")[0].split("[")[1]: x for x in lines if "] " in x}
+    anchor = plan.pop("published anchor")
+    assert abs(int(anchor.split()[0].replace(",", "")) - hours(MPT_MFU[gpu])) <= 1
+    if device == gpu:
+        assert abs(int(plan.pop("measured").split()[0].replace(",", "")) - hours(0.30)) <= 1
+    else:  # a CPU's MFU says nothing about an H100: anchor only, and the label says why
+        assert "30.0% measured on cpu is not a H100 figure" in anchor
+    assert not plan  # phi-3-small publishes no GPU-hours: no paper-implied row
