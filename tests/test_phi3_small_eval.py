@@ -17,6 +17,8 @@ from phi_lib.model import Phi3SmallForCausalLM
 from phi_lib.model.hf_interface import CausalLMInterface
 from phi_lib.scoring import encode_pair
 
+pytestmark = pytest.mark.slow  # a real tokenizer (100K ids) and model through the eval code
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
