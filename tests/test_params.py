@@ -16,7 +16,7 @@ def test_every_system_of_the_papers_has_a_params_file():
     names = {p.stem for p in PARAMS}
     assert {"smoke", "phi-1-small", "phi-1-base", "phi-1", "phi-1.5", "phi-1.5-web",
             "phi-1.5-web-only", "phi-2", "phi-3-mini", "phi-3-mini-128k", "phi-3.5-mini",
-            "phi-3-medium", "phi-3-medium-128k"} <= names
+            "phi-3-medium", "phi-3-medium-128k", "phi-3-small", "phi-3-vision"} <= names
 
 
 @pytest.mark.parametrize("path", PARAMS, ids=lambda p: p.name)

@@ -138,3 +138,108 @@ def test_smoke_plans_phi_1_5_and_drops_its_cpu_mfu(tmp_path):
     fig = plot_projection(table, cfg)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert any("published anchor" in t and "cpu" in t for t in labels)
+
+
+@pytest.mark.parametrize("device", ["H100", "cpu"])
+def test_config_command_prints_the_plan(device, tmp_path, capsys):
+    """`python -m phi_lib config P`: the resolved config (still YAML), then GB per GPU per ZeRO
+    stage and GPU-hours at the anchor MFU, plus this run's stage-05 MFU only if it was
+    measured on the plan's GPU kind."""
+    import yaml
+
+    from phi_lib.__main__ import main
+    from phi_lib.io import atomic_write_json
+    from phi_lib.model.planning import flops_per_token
+    from phi_lib.train.mfu import GPU_PEAK_TFLOPS
+    from phi_lib.train.planner import MPT_MFU
+
+    cfg = recipe("phi-3-small.yaml", tmp_path)
+    tc, gpu = cfg.train, cfg.train.plan_gpu
+    assert gpu == "H100"
+    # what stage 05's summary step records: a 30% MFU measured on `device`
+    atomic_write_json(cfg.run_dir / "05_train" / ".steps" / "summarize.json",
+                      {"metrics": {"mfu": 0.30}, "mfu_device": device})
+    assert main(["config", str(project_root() / "params/phi-3-small.yaml"),
+                 "--set", f"run.output_root={tmp_path}"]) == 0
+    text = capsys.readouterr().out
+    printed = yaml.safe_load(text)
+    assert printed == {k: v for k, v in cfg.to_dict().items() if k != "params_file"}
+    lines = [x.removeprefix("# ").strip() for x in text.splitlines() if x.startswith("# ")]
+    model = PhiConfig.from_model_config(cfg.model)
+    for zero in range(4):
+        gb = memory_per_gpu(model, zero, "bf16", tc.world_size, tc.micro_batch_size,
+                            model.max_position_embeddings)["total"]
+        row = next(x for x in lines if x.startswith(f"ZeRO-{zero} "))
+        assert float(row.split()[1]) == pytest.approx(gb, abs=0.05)
+    assert any(x.startswith("planner fit (bf16, 80 GB): ZeRO-2") for x in lines)
+
+    def hours(mfu):  # tokens x FLOPs per token / (MFU x peak)
+        fpt = flops_per_token(model, model.max_position_embeddings)
+        return tc.plan_tokens * fpt / (mfu * GPU_PEAK_TFLOPS[gpu][0] * 1e12) / 3600
+
+    plan = {x.split("]")[0].split("[")[1]: x for x in lines if "] " in x}
+    anchor = plan.pop("published anchor")
+    assert abs(int(anchor.split()[0].replace(",", "")) - hours(MPT_MFU[gpu])) <= 1
+    if device == gpu:
+        assert abs(int(plan.pop("measured").split()[0].replace(",", "")) - hours(0.30)) <= 1
+    else:  # a CPU's MFU says nothing about an H100: anchor only, and the label says why
+        assert "30.0% measured on cpu is not a H100 figure" in anchor
+    assert not plan  # phi-3-small publishes no GPU-hours: no paper-implied row
+
+
+PARAMS = sorted(p.name for p in (project_root() / "params").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", PARAMS)
+def test_launch_dry_run_of_every_params_file(name, tmp_path, capsys):
+    """`python -m phi_lib launch P --dry-run`: the DeepSpeed config and the exact command,
+    with the hostfile (one written for the params' num_nodes x num_gpus), the batch
+    arithmetic and the GPU memory checked; nothing runs. A finetune (phi-1) needs stage 03's
+    packed set first, and the dry run says so."""
+    from phi_lib.__main__ import main
+
+    sets = {"run.output_root": str(tmp_path)}
+    cfg = load(project_root() / "params" / name, sets)
+    tc = cfg.train
+    if tc.num_nodes > 1:
+        hostfile = tmp_path / "hostfile"
+        hostfile.write_text("".join(f"node-{i} slots={tc.num_gpus}\n" for i in range(tc.num_nodes)))
+        sets["train.hostfile"] = str(hostfile)
+    argv = ["launch", str(project_root() / "params" / name), "--dry-run"]
+    argv += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    rc = main(argv)
+    captured = capsys.readouterr()
+    failures = [x for x in captured.err.splitlines() if x.startswith("FAILED: ")]
+    if tc.finetune.enabled:  # the only failure: the finetune set is not packed yet
+        assert rc == 1 and len(failures) == 1 and "finetune set" in failures[0], captured.err
+    else:
+        assert rc == 0 and not failures, captured.err
+    out = cfg.run_dir / "05_train"
+    ds = json.loads((out / "ds_config.json").read_text())
+    assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * tc.world_size \
+        == ds["train_batch_size"] == tc.global_batch_size
+    assert load(out / CONFIG_FILE).hash() == load(project_root() / "params" / name, sets).hash()
+    cmd = captured.out.splitlines()[captured.out.splitlines().index("command:") + 1].split()
+    assert cmd[-4:] == ["--config", str(out / CONFIG_FILE), "--out", str(out)]
+    if tc.launcher != "single":
+        assert cmd[cmd.index("--num_gpus") + 1] == str(tc.num_gpus)
+        assert f"GB per GPU of 68 usable on an 80 GB {tc.plan_gpu}" in captured.out
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_launch_dry_run_names_a_hostfile_that_disagrees(tmp_path, capsys):
+    from phi_lib.__main__ import main
+
+    cfg = recipe("phi-3-small.yaml", tmp_path)
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("".join(f"node-{i} slots=4\n" for i in range(cfg.train.num_nodes)))
+    rc = main(["launch", str(project_root() / "params/phi-3-small.yaml"), "--dry-run",
+               "--set", f"run.output_root={tmp_path}", "--set", f"train.hostfile={hostfile}"])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"train.hostfile {hostfile}: 32 host(s) with slots [4]; the params name " \
+        "32 x slots=8" in err
+    # and a model that cannot fit the GPU named: ZeRO-0 keeps all Adam states on every GPU
+    rc = main(["launch", str(project_root() / "params/phi-3-small.yaml"), "--dry-run",
+               "--set", f"run.output_root={tmp_path}", "--set", f"train.hostfile={hostfile}",
+               "--set", "train.zero_stage=0"])
+    assert rc == 1 and "GB per GPU > 68 GB usable on H100" in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """phi3-small-tiny as a runnable system on CPU: stage 03 packs real web text with the
 phi-3-small tokenizer (uint32 ids), stage 04 builds and sizes it, stage 05 trains a few steps,
 and the checkpoint reloads: the reloaded model reproduces the validation loss stage 05 logged,
-and Microsoft's reference implementation (tests/phi3_small_reference.py, the oracle) reading
-the same checkpoint gives the same logits."""
+Microsoft's reference implementation (tests/phi3_small_reference.py, the oracle) reading the
+same checkpoint gives the same logits, and stage 06's evaluation loads it (with the tokenizer
+stage 05 saved into it) and scores an item as the model does."""
 import json
 
 import pytest
@@ -83,3 +84,23 @@ def test_phi3_small_tiny_trains_and_its_checkpoint_reloads(small_mix, tmp_path):
     with torch.no_grad():
         theirs = ref(ids, use_cache=False).logits
         assert (ours(ids) - theirs).abs().max() < 1e-4
+
+    # stage 06: the eval loads the checkpoint folder (phi3small: our class, its saved
+    # tokenizer) and scores an arc_easy item as the reloaded model does
+    import torch.nn.functional as F
+
+    from phi_lib.config import EvaluateConfig
+    from phi_lib.evaluate import evaluate_model
+    from phi_lib.hf_models import load_causal_lm
+    from phi_lib.scoring import encode_pair
+
+    loaded = load_causal_lm(str(step), device="cpu", dtype="float32")  # what stage 06 calls
+    tok = loaded[1]
+    evaluate_model(str(step), ["arc_easy"], tmp_path / "06_evaluate", limit=1, progress=False,
+                   cfg=EvaluateConfig(device="cpu", dtype="float32"), loaded=loaded)
+    sample = json.loads((tmp_path / "06_evaluate/samples/arc_easy.jsonl").read_text().splitlines()[0])
+    ctx, cont = encode_pair(tok, sample["prompt"], sample["continuations"][0])
+    with torch.no_grad():
+        logp = F.log_softmax(ours(torch.tensor([ctx + cont]))[0, len(ctx) - 1:-1], dim=-1)
+    assert sample["loglikelihoods"][0] == pytest.approx(
+        float(logp.gather(1, torch.tensor(cont)[:, None]).sum()), abs=2e-4)

@@ -8,7 +8,8 @@ Modules: `config` (PhiConfig, the presets and their tokenizers), `model` (the mo
 its blocks), `phi` / `phi3` (one file per architecture family), `phi3_small` (Phi-3-small, its
 own model; `phi3_small_config` its config and presets), `phi3_vision` (+ `phi3_vision_processor`,
 its image processor and prompt format), `rotary` (RoPE, LongRoPE),
-`attention` (kernels, masks), `cache`, `generate`, `checkpoint`, `parity`, `planning`.
+`attention` (kernels, masks), `cache`, `generate`, `checkpoint`, `parity`, `planning`,
+`hf_interface` (transformers' causal-LM call convention over our models, for evaluation).
 `PhiConfig.from_model_config` gives the config of any `model.preset` (a Phi3SmallConfig for
 the phi-3-small ones) and `build_model` its model.
 Names are imported lazily so `import phi_lib.model.config` (the params loader reads the

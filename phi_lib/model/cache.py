@@ -49,3 +49,7 @@ class KVCache:
             if self.k[i] is not None:
                 self.k[i] = self.k[i].index_select(0, rows)
                 self.v[i] = self.v[i].index_select(0, rows)
+
+    def batch_select_indices(self, rows: torch.Tensor) -> None:
+        """transformers' `Cache` name for `select_rows` (phi_lib.scoring calls it)."""
+        self.select_rows(rows)
