@@ -47,7 +47,7 @@ def evaluate_multiple_choice(model, tokenizer, task: str, docs: list[dict], *,
             "choices": it.choices, "continuations": it.continuations, "loglikelihoods": lls,
             "is_greedy": [g for _, g in res], "pred": pred, "pred_norm": pred_norm,
             "gold": it.gold, "acc": float(pred == it.gold), "acc_norm": float(pred_norm == it.gold),
-            **({"subject": doc["subject"]} if task == "mmlu" else {})})
+            **({"subject": doc["subject"]} if "subject" in doc else {})})
     metrics = summarize(task, samples)
     return metrics, samples
 
@@ -58,7 +58,7 @@ def summarize(task: str, samples: list[dict]) -> dict:
     out: dict = {"n": len(samples)}
     for m in MC_METRICS[task]:
         out[m], out[f"{m}_stderr"] = mean_stderr([s[m] for s in samples])
-    if task == "mmlu":
+    if task in ("mmlu", "mmlu_cloze"):
         by: dict[str, list[float]] = {}
         for s in samples:
             by.setdefault(s["subject"], []).append(s["acc"])

@@ -92,13 +92,38 @@ def mmlu(doc: dict, shots: Optional[list[dict]] = None) -> MCItem:
     return _single(ctx, ["A", "B", "C", "D"], int(doc["answer"]))
 
 
+def mmlu_cloze(doc: dict) -> MCItem:
+    """0-shot cloze form (lm-eval's `mmlu_<subject>_continuation`): the answer text itself is
+    the continuation, no letters, so a small base model is not at chance on the format."""
+    ctx = (f"The following are questions (with answers) about {doc['subject'].replace('_', ' ')}."
+           f"{FEWSHOT_DELIMITER}Question: {doc['question'].strip()}\nAnswer:")
+    return _single(ctx, list(doc["choices"]), int(doc["answer"]))
+
+
+def commonsense_qa(doc: dict) -> MCItem:
+    """lm-eval's `commonsense_qa`: the five options lettered in the prompt, a letter scored."""
+    t = doc["choices"]["text"]
+    ctx = (f"Question: {doc['question'].strip()}\n"
+           + "".join(f"{k}. {c}\n" for k, c in zip("ABCDE", t)) + "Answer:")
+    return _single(ctx, list("ABCDE"), "ABCDE".index(doc["answerKey"]))
+
+
+def commonsense_qa_cloze(doc: dict) -> MCItem:
+    """Cloze form (as FineWeb's/lighteval's CSQA): the option text is the continuation."""
+    return _single(f"Question: {doc['question'].strip()}\nAnswer:", list(doc["choices"]["text"]),
+                   list(doc["choices"]["label"]).index(doc["answerKey"]))
+
+
 MC_PROMPTS: dict[str, Callable[[dict], MCItem]] = {
     "arc_easy": arc, "arc_challenge": arc, "boolq": boolq, "siqa": siqa, "piqa": piqa,
-    "openbookqa": openbookqa, "hellaswag": hellaswag, "winogrande": winogrande, "mmlu": mmlu}
+    "openbookqa": openbookqa, "hellaswag": hellaswag, "winogrande": winogrande, "mmlu": mmlu,
+    "mmlu_cloze": mmlu_cloze, "commonsense_qa": commonsense_qa,
+    "commonsense_qa_cloze": commonsense_qa_cloze}
 
 MC_METRICS: dict[str, tuple[str, ...]] = {
     "arc_easy": ("acc", "acc_norm"), "arc_challenge": ("acc", "acc_norm"),
     "piqa": ("acc", "acc_norm"), "openbookqa": ("acc", "acc_norm"),
     "hellaswag": ("acc", "acc_norm"), "boolq": ("acc",), "siqa": ("acc",),
-    "winogrande": ("acc",), "mmlu": ("acc",)}
+    "winogrande": ("acc",), "mmlu": ("acc",), "mmlu_cloze": ("acc", "acc_norm"),
+    "commonsense_qa": ("acc",), "commonsense_qa_cloze": ("acc", "acc_norm")}
 """The metrics lm-eval's YAML of each task lists."""
