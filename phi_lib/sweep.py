@@ -186,6 +186,8 @@ def write_comparison(rows: dict[str, dict], out_dir: Path, metrics: Optional[lis
     md = [head, "", shown_table[ordered].T.to_markdown() if ordered else "(none)", ""]
     if same:
         md += ["## The same in every variant", "", shown_table[same].T.to_markdown(), ""]
+    if runs:
+        md += curve_section(runs, out_dir)
     if runs and len(runs) > 1:
         md += paired_section(runs)
     atomic_write_text(out_dir / "results.md", "\n".join(md))
@@ -248,3 +250,52 @@ def paired_section(runs: dict[str, list[Path]]) -> list[str]:
     return ["## Paired tests between variants (same items, seeds pooled, bootstrap)", "",
             "A difference is called real only when its 95% interval clears 0; at small scale "
             "most are within noise.", ""] + lines + [""]
+
+
+def curve_section(runs: dict[str, list[Path]], out_dir: Path) -> list[str]:
+    """results.md lines and curves.png: per task and variant, the learning curve's
+    monotonicity and signal-to-noise over seeds (which tasks give signal at this scale)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from phi_lib.evaluate.curves import curve_matrix, read_curve, signal_table
+
+    curves = {v: [read_curve(Path(d) / STAGES["06"].dirname) for d in dirs]
+              for v, dirs in runs.items()}
+    curves = {v: c for v, c in curves.items() if any(c)}
+    if not curves:
+        return []
+    rows = [{"variant": v, **r} for v, cs in curves.items() for r in signal_table(cs)]
+    if not rows:
+        return []
+    df = pd.DataFrame(rows).set_index(["task", "variant"]).sort_index()
+    tasks = sorted({r["task"] for r in rows})
+    cols = min(3, len(tasks))
+    fig, axes = plt.subplots((len(tasks) + cols - 1) // cols, cols,
+                             figsize=(4.5 * cols, 3.0 * ((len(tasks) + cols - 1) // cols)),
+                             squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        for i, (v, cs) in enumerate(curves.items()):
+            got = curve_matrix(cs, task)
+            if got is None:
+                continue
+            steps, m, metric = got
+            mu = m.mean(axis=0)
+            ax.plot(steps, mu, marker="o", color=f"C{i}", label=v)
+            if m.shape[0] > 1:
+                sd = m.std(axis=0, ddof=1)
+                ax.fill_between(steps, mu - sd, mu + sd, color=f"C{i}", alpha=0.2)
+        ax.set_title(f"{task} ({metric})", fontsize=9)
+        ax.set_xlabel("step")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    save_figure(fig, out_dir / "curves.png", dpi=110)
+    plt.close(fig)
+    good = sorted({r["task"] for r in rows if r["signal"]})
+    return ["## Learning curves: which tasks give signal at this scale", "",
+            "Monotonicity: Spearman of score with step, mean over seeds; SNR: spread of the "
+            "seed-mean across checkpoints / spread across seeds (nan with one seed). A task "
+            "gives signal with monotonicity >= 0.5 and SNR >= 2. Read the winner on those.", "",
+            df.to_markdown(floatfmt=".3g"), "", "![curves](curves.png)", "",
+            f"Tasks with signal: {', '.join(good) if good else 'none at this scale'}.", ""]
