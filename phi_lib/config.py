@@ -776,7 +776,8 @@ class EvaluateConfig:
     curve_tasks: list[str] = field(default_factory=lambda: ["early_signal"])
     """Tasks (or groups) of the learning curve, capped by `curve_limit`."""
     curve_limit: Optional[int] = 200
-    """Items per task (MMLU: per subject) at each checkpoint of the learning curve."""
+    """Items per task at each checkpoint of the learning curve (MMLU: this // 57 per
+    subject, about as many in all)."""
     batch_size: int = operational(16)
     """Sequences per forward pass."""
     mmlu_shots: int = 2

@@ -3,6 +3,7 @@
 A sweep file::
 
     base: ../smoke.yaml          # relative to the sweep file
+    overrides: {train.max_steps: 100}   # optional: dotted overrides every variant shares
     stages: ["03", "04", "05"]   # optional: the stages each variant runs
     metrics: ["05_train/final_val_loss"]   # optional: what the plot shows
     seeds: [0, 1]                # optional: each variant once per `train.seed` (init, data order)
@@ -32,7 +33,7 @@ from phi_lib.report import collect_metrics
 from phi_lib.run import run
 from phi_lib.stages import STAGES
 
-SWEEP_KEYS = ("base", "stages", "metrics", "seeds", "variants")
+SWEEP_KEYS = ("base", "overrides", "stages", "metrics", "seeds", "variants")
 
 
 def load_sweep(path: Path) -> dict:
@@ -50,6 +51,8 @@ def load_sweep(path: Path) -> dict:
         raise ConfigError(f"{path}: a sweep needs `base` and at least one entry in `variants`")
     spec["base"] = (path.parent / spec["base"]).resolve()
     spec["name"] = path.stem
+    if not isinstance(spec.get("overrides") or {}, dict):
+        raise ConfigError(f"{path}: overrides: expected a mapping of dotted overrides")
     seeds = spec.get("seeds")
     if seeds is not None:
         if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
@@ -68,7 +71,7 @@ def load_sweep(path: Path) -> dict:
 
 
 def _variant_overrides(spec: dict, name: str, seed: Optional[int] = None) -> dict:
-    over = dict(spec["variants"][name] or {})
+    over = {**(spec.get("overrides") or {}), **(spec["variants"][name] or {})}
     over["run.name"] = f"{spec['name']}-{name}"
     if seed is not None:
         over["run.name"] += f"-s{seed}"
@@ -93,7 +96,8 @@ def sweep(path: Path, force: bool = False, log: Callable[[str], None] = print,
     runs: dict[str, list[Path]] = {}
     finished: dict[tuple[str, str], Path] = {}
     for folder in share_from:
-        _add_finished(load(spec["base"], {"run.name": Path(folder).name,
+        _add_finished(load(spec["base"], {**(spec.get("overrides") or {}),
+                                          "run.name": Path(folder).name,
                                           "run.output_root": str(Path(folder).parent)}), finished)
     for name in spec["variants"]:
         for seed in spec.get("seeds") or [None]:
@@ -113,6 +117,25 @@ def sweep(path: Path, force: bool = False, log: Callable[[str], None] = print,
             runs.setdefault(name, []).append(res.cfg.run_dir)
             out_root = out_root or res.cfg.run_dir.parent / "sweeps"
     return write_comparison(rows, out_root / spec["name"], spec.get("metrics"), runs=runs)
+
+
+def plan(path: Path) -> list[dict]:
+    """A dry run: every (variant, seed) run the sweep would make, with each selected stage's
+    hash and the earlier run whose stage it would share (same hash), without running any."""
+    spec = load_sweep(path)
+    seen: dict[tuple[str, str], str] = {}
+    out = []
+    for name in spec["variants"]:
+        for seed in spec.get("seeds") or [None]:
+            cfg = load(spec["base"], _variant_overrides(spec, name, seed))
+            stages = {}
+            for number in spec.get("stages") or cfg.run.stages:
+                key = (number, STAGES[number].config_hash(cfg))
+                stages[number] = {"hash": key[1], "shared_with": seen.get(key)}
+                seen.setdefault(key, cfg.run.name)
+            out.append({"run": cfg.run.name, "variant": name, "seed": seed, "stages": stages,
+                        "train_steps": cfg.train.max_steps, "tokens": cfg.mix.total_tokens})
+    return out
 
 
 def _add_finished(cfg, finished: dict[tuple[str, str], Path]) -> None:

@@ -46,6 +46,16 @@ def curve_checkpoints(ckpt_root: Path, every: int) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+def curve_task_limits(tasks: Sequence[str], limit: Optional[int]) -> dict[str, int]:
+    """MMLU's limit is per subject: its curve takes `limit` // 57 per subject (at least 1),
+    about `limit` items in all like every other task."""
+    from phi_lib.evaluate.data import MMLU_SUBJECTS
+
+    if limit is None:
+        return {}
+    return {t: max(1, limit // len(MMLU_SUBJECTS)) for t in tasks if t.startswith("mmlu")}
+
+
 def evaluate_curve(cfg, out: Path, progress: bool = False) -> Optional[dict]:
     """Evaluate every `curve_every`-th checkpoint of the run on the curve tasks; writes and
     returns `out/curve/curve.json` ({steps, tasks: {task: {metric, scores}}}); None if off."""
@@ -56,7 +66,7 @@ def evaluate_curve(cfg, out: Path, progress: bool = False) -> Optional[dict]:
         return None
     points = curve_checkpoints(cfg.run_dir / "05_train" / "checkpoints", ev.curve_every)
     capped = dataclasses.replace(ev, tasks=list(ev.curve_tasks), limit=ev.curve_limit,
-                                 task_limits={})
+                                 task_limits=curve_task_limits(ev.curve_tasks, ev.curve_limit))
     root = Path(out) / CURVE_DIR
     results = {}
     for step, folder in points:
