@@ -28,12 +28,14 @@ DOCS = [  # constructed MMLU items: the right answers are the ones the model is 
 
 
 def _byte_tokenizer():
-    """A byte-level tokenizer (257 ids): a model small enough to train in a test second."""
+    """A byte-level tokenizer (261 ids): a model small enough to train in a test second."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    t = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(alphabet))}, merges=[]))
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    merges = [("Ġ", x) for x in "ABCD"]  # " A".." D" one token each, as MMLU's letters are
+    vocab.update({a + b: len(vocab) + k for k, (a, b) in enumerate(merges)})
+    t = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     t.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<|endoftext|>")
@@ -142,3 +144,37 @@ def test_eval_cli_accepts_the_group(tmp_path, monkeypatch):
                          str(tmp_path), "--set", "evaluate.task_limits.early_signal=20"])
     args.func(args)
     assert "mmlu_cloze" in seen["tasks"] and seen["cfg"].limit_for("winogrande") == 20
+
+
+def test_mmlu_prefix_cache_gives_the_plain_scores(monkeypatch):
+    """Few-shot MMLU on the subject's cached prefix: the same log-likelihoods and greedy flags
+    as scoring every context whole (lm-eval's requests), and no request falls back."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    from phi_lib.evaluate import prefix as prefix_mod
+    from phi_lib.evaluate.prompts import mmlu, mmlu_prefix
+    from phi_lib.scoring import loglikelihood
+
+    tok = _byte_tokenizer()
+    torch.manual_seed(1)
+    model = PhiForCausalLM(PhiConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                     num_hidden_layers=2, num_attention_heads=2)).eval()
+    shots = {"astronomy": [DOCS[0]], "anatomy": [DOCS[2]]}
+    docs = DOCS + [{**DOCS[1], "question": "Is the Sun hot?"}]
+    items = [mmlu(d, shots[d["subject"]]) for d in docs]
+    req = [(c, x) for it in items for c, x in zip(it.contexts, it.continuations)]
+    pre = [mmlu_prefix(d["subject"], shots[d["subject"]]) for d, it in zip(docs, items)
+           for _ in it.continuations]
+    plain = loglikelihood(model, tok, req, batch_size=3)
+    fell_back = []
+    monkeypatch.setattr(prefix_mod, "loglikelihood",
+                        lambda m, t, r, b: fell_back.extend(r) or loglikelihood(m, t, r, b))
+    cached = prefix_mod.loglikelihood_prefixed(model, tok, req, pre, batch_size=3)
+    assert [g for _, g in cached] == [g for _, g in plain]
+    assert [lp for lp, _ in cached] == pytest.approx([lp for lp, _ in plain], abs=1e-4)
+    assert fell_back == []  # every request scored on its subject's cached prefix
+    many = [(c, x) for c, x in req[:4]] + [("Q: 2+2?\nA:", " 4 apples")]  # not one token
+    monkeypatch.setattr(prefix_mod, "loglikelihood",
+                        lambda m, t, r, b: fell_back.extend(r) or loglikelihood(m, t, r, b))
+    prefix_mod.loglikelihood_prefixed(model, tok, many, pre[:4] + [""], batch_size=3)
+    assert fell_back == many[4:]

@@ -84,11 +84,16 @@ def mmlu_description(subject: str) -> str:
             f"{subject.replace('_', ' ')}.{FEWSHOT_DELIMITER}")
 
 
+def mmlu_prefix(subject: str, shots: Optional[list[dict]] = None) -> str:
+    """What every question of a subject starts with: the description and the answered shots."""
+    return mmlu_description(subject) + "".join(
+        mmlu_question(s) + TARGET_DELIMITER + "ABCD"[s["answer"]] + FEWSHOT_DELIMITER
+        for s in shots or [])
+
+
 def mmlu(doc: dict, shots: Optional[list[dict]] = None) -> MCItem:
     """Description, then the first k dev items of the subject answered, then the question."""
-    parts = [mmlu_question(s) + TARGET_DELIMITER + "ABCD"[s["answer"]] + FEWSHOT_DELIMITER
-             for s in shots or []]
-    ctx = mmlu_description(doc["subject"]) + "".join(parts) + mmlu_question(doc)
+    ctx = mmlu_prefix(doc["subject"], shots) + mmlu_question(doc)
     return _single(ctx, ["A", "B", "C", "D"], int(doc["answer"]))
 
 
