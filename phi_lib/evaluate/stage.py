@@ -35,7 +35,8 @@ class EvalStage(BaseStage):
 
     def __init__(self, cfg, out=None):
         super().__init__(cfg, out)
-        for task in cfg.evaluate.tasks:  # the benchmark files read (the runner re-checks them)
+        ev = cfg.evaluate  # the benchmark files read (the runner re-checks them)
+        for task in ev.tasks + (ev.curve_tasks if ev.curve_every else []):
             for role, path in task_files(task, cfg.run.data_dir).items():
                 if path is not None:
                     self.inputs[f"{task}.{role}"] = path
