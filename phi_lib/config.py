@@ -596,6 +596,9 @@ class TrainConfig:
 
     launcher: str = "single"
     """`single` (one process, smoke), `deepspeed` or `torchrun`."""
+    seed: Optional[int] = None
+    """Seed of training alone (init and data order; None = `run.seed`): a sweep's `seeds`
+    repeat a variant over it, so stages 01-04 stay shared between seeds."""
     num_gpus: int = 1
     """Processes per node (GPUs; on CPU, DeepSpeed/torchrun processes)."""
     num_nodes: int = 1
@@ -744,6 +747,25 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- 06 evaluate
 ALL_TASKS = ("winogrande", "arc_easy", "arc_challenge", "boolq", "siqa", "piqa", "hellaswag",
              "openbookqa", "mmlu", "squad", "gsm8k", "humaneval", "mbpp")
+"""The phi-1.5 table's tasks (the default `evaluate.tasks`)."""
+EXTRA_TASKS = ("commonsense_qa", "commonsense_qa_cloze", "mmlu_cloze")
+"""Tasks beyond the phi-1.5 table: CommonsenseQA (lm-eval's letter form and the cloze form)
+and MMLU in cloze form (the answer text is the continuation: lm-eval's `mmlu_continuation`)."""
+KNOWN_TASKS = ALL_TASKS + EXTRA_TASKS
+TASK_GROUPS = {"early_signal": ("hellaswag", "winogrande", "piqa", "siqa", "openbookqa",
+                                "arc_easy", "arc_challenge", "commonsense_qa_cloze", "mmlu_cloze")}
+"""Named task groups, expanded where `evaluate.tasks` is read. `early_signal`: the 0-shot
+log-likelihood tasks FineWeb/SmolLM ablations trust at small scale, in cloze form."""
+
+
+def expand_tasks(tasks: list[str]) -> list[str]:
+    """Task names with groups replaced by their tasks (first occurrence kept, order kept)."""
+    out: list[str] = []
+    for t in tasks:
+        for name in TASK_GROUPS.get(t, (t,)):
+            if name not in out:
+                out.append(name)
+    return out
 
 
 @dataclass
@@ -758,7 +780,19 @@ class EvaluateConfig:
     tasks: list[str] = field(default_factory=lambda: list(ALL_TASKS))
     """Task names (lm-eval's)."""
     limit: Optional[int] = None
-    """Take the first N items of each task in file order (as lm-eval's --limit)."""
+    """Take the first N items of each task in file order (as lm-eval's --limit; MMLU: per
+    subject)."""
+    task_limits: dict[str, int] = field(default_factory=dict)
+    """Per-task item caps overriding `limit`, keyed by task or group name (`early_signal:
+    200` caps each of its tasks; a task's own key wins over its group's)."""
+    curve_every: Optional[int] = None
+    """Learning curve: also evaluate every stage-05 checkpoint whose step is a multiple of N
+    on `curve_tasks` (None = off)."""
+    curve_tasks: list[str] = field(default_factory=lambda: ["early_signal"])
+    """Tasks (or groups) of the learning curve, capped by `curve_limit`."""
+    curve_limit: Optional[int] = 200
+    """Items per task at each checkpoint of the learning curve (MMLU: this // 57 per
+    subject, about as many in all)."""
     batch_size: int = operational(16)
     """Sequences per forward pass."""
     mmlu_shots: int = 2
@@ -786,11 +820,22 @@ class EvaluateConfig:
     """`auto`, `float32`, `bfloat16` or `float16`."""
 
     def check(self) -> None:
-        for i, t in enumerate(self.tasks):
-            if t not in ALL_TASKS:
-                _fail(f"tasks.{i}", _unknown(t, ALL_TASKS, "task"))
+        known = KNOWN_TASKS + tuple(TASK_GROUPS)
+        for name in ("tasks", "curve_tasks"):
+            for i, t in enumerate(getattr(self, name)):
+                if t not in known:
+                    _fail(f"{name}.{i}", _unknown(t, known, "task"))
+            setattr(self, name, expand_tasks(getattr(self, name)))
+        for t, n in self.task_limits.items():
+            if t not in known:
+                _fail(f"task_limits.{t}", _unknown(t, known, "task"))
+            _positive(f"task_limits.{t}", n)
         if self.limit is not None:
             _positive("limit", self.limit)
+        if self.curve_every is not None:
+            _positive("curve_every", self.curve_every)
+        if self.curve_limit is not None:
+            _positive("curve_limit", self.curve_limit)
         _positive("batch_size", self.batch_size)
         _non_negative("mmlu_shots", self.mmlu_shots)
         _one_of("gsm8k_mode", self.gsm8k_mode, ("code", "cot"))
@@ -807,6 +852,15 @@ class EvaluateConfig:
         _positive("max_new_tokens", self.max_new_tokens)
         _positive("timeout_s", self.timeout_s)
         _one_of("sandbox_isolation", self.sandbox_isolation, tuple(SANDBOX_LEVELS))
+
+    def limit_for(self, task: str) -> Optional[int]:
+        """The item cap of `task`: its `task_limits` key, else its group's, else `limit`."""
+        if task in self.task_limits:
+            return self.task_limits[task]
+        for group, members in TASK_GROUPS.items():
+            if task in members and group in self.task_limits:
+                return self.task_limits[group]
+        return self.limit
 
 
 # ----------------------------------------------------------------------------- 07 toxicity

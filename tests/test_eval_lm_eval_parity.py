@@ -16,7 +16,8 @@ import pytest
 pytestmark = pytest.mark.slow
 lm_eval = pytest.importorskip("lm_eval")
 LIMIT = 3
-TASKS = ["arc_easy", "piqa", "boolq", "hellaswag", "winogrande", "mmlu"]
+TASKS = ["arc_easy", "piqa", "boolq", "hellaswag", "winogrande", "mmlu", "mmlu_cloze",
+         "commonsense_qa"]
 SUBJECT = "high_school_geography"
 
 
@@ -51,7 +52,7 @@ def test_same_predictions_as_lm_eval(smollm2, tmp_path):
     cfg = EvaluateConfig(batch_size=8, mmlu_shots=2)
     for name, task in names.items():
         docs = load_task(task, LIMIT)
-        if task == "mmlu":
+        if task in ("mmlu", "mmlu_cloze"):
             docs = [d for d in docs if d["subject"] == SUBJECT]
         metrics, ours = run_task(model, tok, task, docs, cfg, progress=False)
         ref = sorted(theirs["samples"][name], key=lambda s: s["doc_id"])

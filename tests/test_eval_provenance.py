@@ -131,10 +131,11 @@ def test_task_fingerprints_cover_each_setting_where_it_matters():
     keys = {t: task_fingerprint(t, base, "model-a").key for t in tasks}
     flips = {"limit": 7, "dtype": "bfloat16", "mmlu_shots": 5, "gsm8k_mode": "cot",
              "n_samples": 3, "pass_k": [1], "temperature": 0.7, "max_new_tokens": 9,
-             "batch_size": 3, "timeout_s": 2.0, "device": "cpu", "sandbox_isolation": "weak"}
+             "batch_size": 3, "timeout_s": 2.0, "device": "cpu", "sandbox_isolation": "weak",
+             "task_limits": {"mmlu": 3}}
     fields = {f.name: f for f in dataclasses.fields(EvaluateConfig)}
     assert set(flips) | set(SELECTION) == set(fields), "place every evaluate field"
-    expected = {"limit": tasks, "dtype": tasks, "mmlu_shots": ["mmlu"], "gsm8k_mode": ["gsm8k"],
+    expected = {"limit": tasks, "dtype": tasks, "task_limits": ["mmlu"], "mmlu_shots": ["mmlu"], "gsm8k_mode": ["gsm8k"],
                 "n_samples": ["humaneval", "gsm8k"], "pass_k": ["humaneval", "gsm8k"],
                 "temperature": ["humaneval", "squad", "gsm8k"],
                 "max_new_tokens": ["humaneval", "squad", "gsm8k"]}

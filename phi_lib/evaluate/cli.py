@@ -11,7 +11,8 @@ def register(subparsers) -> None:
                    help="smollm2, a .gguf file, an HF dir or hub name, a checkpoint dir, or "
                         "`checkpoint` with --run-dir")
     p.add_argument("--tasks", required=True,
-                   help="comma-separated lm-eval task names, e.g. arc_easy,hellaswag")
+                   help="comma-separated lm-eval task names or groups, e.g. arc_easy,hellaswag "
+                        "or early_signal")
     p.add_argument("--limit", type=int, default=None, help="first N items of each task")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--run-dir", default=None, help="run folder for --model checkpoint")
@@ -31,7 +32,7 @@ def _cmd_eval(args) -> int:
     overrides = {"evaluate.tasks": tasks, **parse_set(args.sets)}
     cfg = load(args.params, overrides)  # no --params: the paper's defaults; strict either way
     ev, data_dir = cfg.evaluate, cfg.run.data_dir
-    res = evaluate_model(args.model, tasks, args.out, cfg=ev, limit=args.limit,
+    res = evaluate_model(args.model, ev.tasks, args.out, cfg=ev, limit=args.limit,
                          run_dir=args.run_dir, data_dir=data_dir, force=args.force,
                          tokenizer=cfg.model.tokenizer)
     for task, m in res["results"].items():

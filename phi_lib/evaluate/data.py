@@ -56,6 +56,9 @@ TASK_FILES: dict[str, dict[str, str]] = {
     "hellaswag": {"items": "hellaswag/hellaswag_val_full.txt.bz2"},
     "winogrande": {"items": "winogrande/winogrande.llm-foundry.jsonl"},
     "mmlu": {"test": "mmlu/test", "dev": "mmlu/dev"},
+    "mmlu_cloze": {"test": "mmlu/test"},
+    "commonsense_qa": {"items": "commonsense_qa/dev_rand_split.jsonl"},
+    "commonsense_qa_cloze": {"items": "commonsense_qa/dev_rand_split.jsonl"},
     "gsm8k": {"items": "gsm8k/test.jsonl"},
     "mbpp": {"items": "mbpp/mbpp.jsonl"},
     "squad": {"items": "squad/dev-v1.1.json"},
@@ -223,7 +226,7 @@ def load_mmlu(limit, stats, configured=None, split="test",
               subjects=MMLU_SUBJECTS) -> list[dict]:
     """MMLU (cais/mmlu schema: question, subject, choices, answer index); `limit` applies
     per subject, as lm-eval's --limit does on each MMLU subtask."""
-    root = task_files("mmlu", configured)[split]
+    root = _file(TASK_FILES["mmlu"][split], configured)  # only the split read
     if not root:
         raise MissingDataError(f"task 'mmlu': benchmarks/{TASK_FILES['mmlu'][split]}/ is not in "
                                f"the data folder")
@@ -243,6 +246,22 @@ def load_mmlu(limit, stats, configured=None, split="test",
                 if limit is not None and n >= limit:
                     break
     return out
+
+
+def load_commonsense_qa(limit, stats, configured=None) -> list[dict]:
+    """CommonsenseQA validation (the release's dev_rand_split) in the tau/commonsense_qa
+    schema: `id`, `question` (the stem), `question_concept`, `choices{label,text}` (5),
+    `answerKey`."""
+    p = task_files("commonsense_qa", configured)["items"]
+    if not p:
+        raise MissingDataError(
+            f"task 'commonsense_qa': benchmarks/{TASK_FILES['commonsense_qa']['items']} is not "
+            f"in the data folder")
+    return [{"id": r["id"], "question": r["question"]["stem"],
+             "question_concept": r["question"]["question_concept"],
+             "choices": {"label": [c["label"] for c in r["question"]["choices"]],
+                         "text": [c["text"] for c in r["question"]["choices"]]},
+             "answerKey": r["answerKey"]} for r in _jsonl(p, stats, limit)]
 
 
 def load_gsm8k(limit, stats, configured=None) -> list[dict]:
@@ -290,6 +309,8 @@ LOADERS: dict[str, Callable[..., list[dict]]] = {
     "arc_challenge": lambda limit, stats, c=None: load_arc("arc_challenge", limit, stats, c),
     "boolq": load_boolq, "siqa": load_siqa, "piqa": load_piqa, "openbookqa": load_openbookqa,
     "hellaswag": load_hellaswag, "winogrande": load_winogrande, "mmlu": load_mmlu,
+    "mmlu_cloze": load_mmlu, "commonsense_qa": load_commonsense_qa,
+    "commonsense_qa_cloze": load_commonsense_qa,
     "gsm8k": load_gsm8k, "mbpp": load_mbpp, "humaneval": load_humaneval, "squad": load_squad,
 }
 

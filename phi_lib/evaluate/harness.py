@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from phi_lib import sandbox
-from phi_lib.config import ALL_TASKS, EvaluateConfig
+from phi_lib.config import KNOWN_TASKS, EvaluateConfig
 from phi_lib.evaluate.data import load_task, task_files
 from phi_lib.evaluate.generation import SANDBOX_KEY, SPECS, evaluate_generation, runs_programs
 from phi_lib.evaluate.multiple_choice import evaluate_multiple_choice
@@ -35,11 +35,13 @@ log = logging.getLogger(__name__)
 HEADLINE = {"winogrande": "acc", "arc_easy": "acc", "arc_challenge": "acc", "boolq": "acc",
             "siqa": "acc", "piqa": "acc", "hellaswag": "acc", "openbookqa": "acc",
             "mmlu": "acc", "squad": "exact_match", "gsm8k": "exact_match",
-            "humaneval": "pass@1", "mbpp": "pass@1"}
-"""The metric of each task in the phi-1.5 table."""
+            "humaneval": "pass@1", "mbpp": "pass@1", "commonsense_qa": "acc",
+            "commonsense_qa_cloze": "acc_norm", "mmlu_cloze": "acc_norm"}
+"""The metric of each task in the phi-1.5 table (cloze tasks: acc_norm, as FineWeb's)."""
 
-SELECTION = ("model", "reference_models", "tasks")
-"""`evaluate` fields that choose what is evaluated, not the numbers of a task."""
+SELECTION = ("model", "reference_models", "tasks", "curve_every", "curve_tasks", "curve_limit")
+"""`evaluate` fields that choose what is evaluated, not the numbers of a task (a learning
+curve's tasks are fingerprinted with `curve_limit` as their `limit`: `curve.py`)."""
 
 
 def task_settings(cfg: EvaluateConfig, task: str) -> dict:
@@ -55,7 +57,8 @@ def task_settings(cfg: EvaluateConfig, task: str) -> dict:
             names += ["n_samples", "pass_k"]  # sampled programs, graded by pass@k
     from phi_lib.hf_models import effective_dtype
 
-    view = {**results_view(cfg), "dtype": effective_dtype(cfg.dtype, cfg.device)}
+    view = {**results_view(cfg), "dtype": effective_dtype(cfg.dtype, cfg.device),
+            "limit": cfg.limit_for(task)}
     return {k: view[k] for k in names}
 
 
@@ -88,8 +91,8 @@ def evaluate_model(model: str, tasks: Sequence[str], out_dir: Union[str, Path], 
     from phi_lib.paths import MissingDataError
 
     cfg = dataclasses.replace(cfg or EvaluateConfig(), tasks=list(tasks))
-    if limit is not None:
-        cfg.limit = limit
+    if limit is not None:  # the one cap of every task
+        cfg.limit, cfg.task_limits = limit, {}
     cfg.check()
     out = Path(out_dir)
     if any(runs_programs(t, cfg.gsm8k_mode) for t in cfg.tasks):  # fail before loading the model
@@ -105,7 +108,7 @@ def evaluate_model(model: str, tasks: Sequence[str], out_dir: Union[str, Path], 
         else:
             stats = ReadStats()
             try:
-                docs = load_task(task, cfg.limit, stats, data_dir)
+                docs = load_task(task, cfg.limit_for(task), stats, data_dir)
             except MissingDataError as e:
                 if not skip_missing:
                     raise
@@ -172,8 +175,8 @@ def _remove_other_tasks(out: Path, keep: set[str]) -> None:
 def run_task(lm, tok, task: str, docs: list[dict], cfg: EvaluateConfig,
              data_dir: Optional[str] = None, progress: bool = True) -> tuple[dict, list[dict]]:
     """(metrics, samples) of one task on loaded docs."""
-    if task not in ALL_TASKS:
-        raise KeyError(f"unknown task {task!r}; tasks are {', '.join(ALL_TASKS)}")
+    if task not in KNOWN_TASKS:
+        raise KeyError(f"unknown task {task!r}; tasks are {', '.join(KNOWN_TASKS)}")
     if task in MC_PROMPTS:
         return evaluate_multiple_choice(lm, tok, task, docs, batch_size=cfg.batch_size,
                                         mmlu_shots=cfg.mmlu_shots, data_dir=data_dir,

@@ -20,7 +20,7 @@ from phi_lib.io import ReadStats
 SHIPPED = {"arc_easy": "arc/arc_easy.yaml", "arc_challenge": "arc/arc_challenge.yaml",
            "piqa": "piqa/piqa.yaml", "boolq": "super_glue/boolq/default.yaml",
            "siqa": "siqa/siqa.yaml", "openbookqa": "openbookqa/openbookqa.yaml",
-           "hellaswag": "hellaswag/hellaswag.yaml"}
+           "hellaswag": "hellaswag/hellaswag.yaml", "commonsense_qa": "commonsense_qa/default.yaml"}
 
 
 def lm_eval_tasks_dir() -> Path:
@@ -65,18 +65,22 @@ def write_lm_eval_tasks(folder: Union[str, Path], tasks: Sequence[str], limit: O
                 "doc_to_choice": "contexts", "doc_to_target": "continuation",
                 "metric_list": [{"metric": "acc"}], **_local(f)})
             names[name] = task
-        elif task == "mmlu":
-            template = yaml.safe_load((shipped / "mmlu/default/_default_template_yaml").read_text())
+        elif task in ("mmlu", "mmlu_cloze"):  # the cloze form is lm-eval's `continuation` one
+            cloze = task == "mmlu_cloze"
+            template = yaml.safe_load((shipped / ("mmlu/continuation/_continuation_template_yaml"
+                                                  if cloze else
+                                                  "mmlu/default/_default_template_yaml")).read_text())
             for subject in mmlu_subjects or sorted({d["subject"] for d in load_mmlu(1, ReadStats())}):
                 test = _write(folder / f"mmlu_{subject}_test.jsonl",
                               load_mmlu(limit, ReadStats(), data_dir, subjects=(subject,)))
                 dev = _write(folder / f"mmlu_{subject}_dev.jsonl",
                              load_mmlu(5, ReadStats(), data_dir, split="dev", subjects=(subject,)))
                 sub = f"{name}_{subject}"
+                kind = "" if cloze else "multiple choice "
                 _dump(folder / f"{sub}.yaml", {
                     **template, **_local(test, dev), "task": sub, "fewshot_split": "dev",
-                    "num_fewshot": mmlu_shots,
-                    "description": "The following are multiple choice questions (with answers) "
+                    "num_fewshot": 0 if cloze else mmlu_shots,
+                    "description": f"The following are {kind}questions (with answers) "
                                    f"about {subject.replace('_', ' ')}.\n\n"})
                 names[sub] = task
         else:

@@ -11,19 +11,27 @@ from typing import Optional
 from phi_lib.evaluate.data import load_mmlu
 from phi_lib.io import ReadStats
 from phi_lib.evaluate.metrics import argmax_first, mean_stderr
-from phi_lib.evaluate.prompts import MC_METRICS, MC_PROMPTS, MCItem, mmlu
+from phi_lib.evaluate.prefix import loglikelihood_prefixed
+from phi_lib.evaluate.prompts import MC_METRICS, MC_PROMPTS, MCItem, mmlu, mmlu_prefix
 from phi_lib.scoring import loglikelihood
+
+
+def mmlu_shots_of(docs: list[dict], mmlu_shots: int,
+                  data_dir: Optional[str] = None) -> dict[str, list[dict]]:
+    """Subject -> its shots: lm-eval's `first_n` sampler over the dev split of the subject."""
+    shots: dict[str, list[dict]] = {}
+    if mmlu_shots:
+        for s in load_mmlu(mmlu_shots, ReadStats(), data_dir, split="dev",
+                           subjects=sorted({d["subject"] for d in docs})):
+            shots.setdefault(s["subject"], []).append(s)
+    return shots
 
 
 def build_items(task: str, docs: list[dict], mmlu_shots: int = 0,
                 data_dir: Optional[str] = None) -> list[MCItem]:
     if task != "mmlu":
         return [MC_PROMPTS[task](d) for d in docs]
-    shots: dict[str, list[dict]] = {}
-    if mmlu_shots:  # lm-eval's `first_n` sampler over the dev split of the same subject
-        for s in load_mmlu(mmlu_shots, ReadStats(), data_dir, split="dev",
-                           subjects=sorted({d["subject"] for d in docs})):
-            shots.setdefault(s["subject"], []).append(s)
+    shots = mmlu_shots_of(docs, mmlu_shots, data_dir)
     return [mmlu(d, shots.get(d["subject"], [])) for d in docs]
 
 
@@ -34,7 +42,13 @@ def evaluate_multiple_choice(model, tokenizer, task: str, docs: list[dict], *,
     """(metrics, per-item samples) for one multiple-choice task."""
     items = build_items(task, docs, mmlu_shots, data_dir)
     requests = [(c, x) for it in items for c, x in zip(it.contexts, it.continuations)]
-    scores = loglikelihood(model, tokenizer, requests, batch_size, progress=progress)
+    if task == "mmlu" and mmlu_shots:  # the subject's description + shots run once
+        shots = mmlu_shots_of(docs, mmlu_shots, data_dir)
+        prefixes = [mmlu_prefix(d["subject"], shots.get(d["subject"], []))
+                    for d, it in zip(docs, items) for _ in it.continuations]
+        scores = loglikelihood_prefixed(model, tokenizer, requests, prefixes, batch_size)
+    else:
+        scores = loglikelihood(model, tokenizer, requests, batch_size, progress=progress)
     samples, k = [], 0
     for i, (doc, it) in enumerate(zip(docs, items)):
         res = scores[k:k + len(it.continuations)]
@@ -47,7 +61,7 @@ def evaluate_multiple_choice(model, tokenizer, task: str, docs: list[dict], *,
             "choices": it.choices, "continuations": it.continuations, "loglikelihoods": lls,
             "is_greedy": [g for _, g in res], "pred": pred, "pred_norm": pred_norm,
             "gold": it.gold, "acc": float(pred == it.gold), "acc_norm": float(pred_norm == it.gold),
-            **({"subject": doc["subject"]} if task == "mmlu" else {})})
+            **({"subject": doc["subject"]} if "subject" in doc else {})})
     metrics = summarize(task, samples)
     return metrics, samples
 
@@ -58,7 +72,7 @@ def summarize(task: str, samples: list[dict]) -> dict:
     out: dict = {"n": len(samples)}
     for m in MC_METRICS[task]:
         out[m], out[f"{m}_stderr"] = mean_stderr([s[m] for s in samples])
-    if task == "mmlu":
+    if task in ("mmlu", "mmlu_cloze"):
         by: dict[str, list[float]] = {}
         for s in samples:
             by.setdefault(s["subject"], []).append(s["acc"])

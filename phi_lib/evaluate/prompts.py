@@ -84,21 +84,51 @@ def mmlu_description(subject: str) -> str:
             f"{subject.replace('_', ' ')}.{FEWSHOT_DELIMITER}")
 
 
+def mmlu_prefix(subject: str, shots: Optional[list[dict]] = None) -> str:
+    """What every question of a subject starts with: the description and the answered shots."""
+    return mmlu_description(subject) + "".join(
+        mmlu_question(s) + TARGET_DELIMITER + "ABCD"[s["answer"]] + FEWSHOT_DELIMITER
+        for s in shots or [])
+
+
 def mmlu(doc: dict, shots: Optional[list[dict]] = None) -> MCItem:
     """Description, then the first k dev items of the subject answered, then the question."""
-    parts = [mmlu_question(s) + TARGET_DELIMITER + "ABCD"[s["answer"]] + FEWSHOT_DELIMITER
-             for s in shots or []]
-    ctx = mmlu_description(doc["subject"]) + "".join(parts) + mmlu_question(doc)
+    ctx = mmlu_prefix(doc["subject"], shots) + mmlu_question(doc)
     return _single(ctx, ["A", "B", "C", "D"], int(doc["answer"]))
+
+
+def mmlu_cloze(doc: dict) -> MCItem:
+    """0-shot cloze form (lm-eval's `mmlu_<subject>_continuation`): the answer text itself is
+    the continuation, no letters, so a small base model is not at chance on the format."""
+    ctx = (f"The following are questions (with answers) about {doc['subject'].replace('_', ' ')}."
+           f"{FEWSHOT_DELIMITER}Question: {doc['question'].strip()}\nAnswer:")
+    return _single(ctx, list(doc["choices"]), int(doc["answer"]))
+
+
+def commonsense_qa(doc: dict) -> MCItem:
+    """lm-eval's `commonsense_qa`: the five options lettered in the prompt, a letter scored."""
+    t = doc["choices"]["text"]
+    ctx = (f"Question: {doc['question'].strip()}\n"
+           + "".join(f"{k}. {c}\n" for k, c in zip("ABCDE", t)) + "Answer:")
+    return _single(ctx, list("ABCDE"), "ABCDE".index(doc["answerKey"]))
+
+
+def commonsense_qa_cloze(doc: dict) -> MCItem:
+    """Cloze form (as FineWeb's/lighteval's CSQA): the option text is the continuation."""
+    return _single(f"Question: {doc['question'].strip()}\nAnswer:", list(doc["choices"]["text"]),
+                   list(doc["choices"]["label"]).index(doc["answerKey"]))
 
 
 MC_PROMPTS: dict[str, Callable[[dict], MCItem]] = {
     "arc_easy": arc, "arc_challenge": arc, "boolq": boolq, "siqa": siqa, "piqa": piqa,
-    "openbookqa": openbookqa, "hellaswag": hellaswag, "winogrande": winogrande, "mmlu": mmlu}
+    "openbookqa": openbookqa, "hellaswag": hellaswag, "winogrande": winogrande, "mmlu": mmlu,
+    "mmlu_cloze": mmlu_cloze, "commonsense_qa": commonsense_qa,
+    "commonsense_qa_cloze": commonsense_qa_cloze}
 
 MC_METRICS: dict[str, tuple[str, ...]] = {
     "arc_easy": ("acc", "acc_norm"), "arc_challenge": ("acc", "acc_norm"),
     "piqa": ("acc", "acc_norm"), "openbookqa": ("acc", "acc_norm"),
     "hellaswag": ("acc", "acc_norm"), "boolq": ("acc",), "siqa": ("acc",),
-    "winogrande": ("acc",), "mmlu": ("acc",)}
+    "winogrande": ("acc",), "mmlu": ("acc",), "mmlu_cloze": ("acc", "acc_norm"),
+    "commonsense_qa": ("acc",), "commonsense_qa_cloze": ("acc", "acc_norm")}
 """The metrics lm-eval's YAML of each task lists."""

@@ -19,7 +19,8 @@ PAPER = {
 """Published numbers (the paper's headline metric of each task)."""
 
 CHANCE = {"winogrande": .5, "arc_easy": .25, "arc_challenge": .25, "boolq": .5, "siqa": 1 / 3,
-          "piqa": .5, "hellaswag": .25, "openbookqa": .25, "mmlu": .25}
+          "piqa": .5, "hellaswag": .25, "openbookqa": .25, "mmlu": .25, "mmlu_cloze": .25,
+          "commonsense_qa": .2, "commonsense_qa_cloze": .2}
 
 
 def comparison_rows(runs: dict[str, dict], tasks: Optional[list[str]] = None) -> list[dict]:

@@ -1,7 +1,8 @@
 """Stage 06 as the notebook runs it: one verb per cell.
 
     stage = EvalStage(cfg, out)
-    stage.evaluate()            # every task on the model and the reference models (resumes)
+    stage.evaluate()            # every task on the model and the reference models (resumes),
+                                # and the learning curve when `evaluate.curve_every` is set
     stage.table(); stage.plot(); stage.samples()
     manifest = stage.write_manifest()
 
@@ -17,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from phi_lib.evaluate import report
+from phi_lib.evaluate.curves import evaluate_curve
 from phi_lib.evaluate.data import task_files
 from phi_lib.evaluate.harness import HEADLINE, evaluate_model, headline
 from phi_lib.hf_models import model_slug
@@ -33,7 +35,8 @@ class EvalStage(BaseStage):
 
     def __init__(self, cfg, out=None):
         super().__init__(cfg, out)
-        for task in cfg.evaluate.tasks:  # the benchmark files read (the runner re-checks them)
+        ev = cfg.evaluate  # the benchmark files read (the runner re-checks them)
+        for task in ev.tasks + (ev.curve_tasks if ev.curve_every else []):
             for role, path in task_files(task, cfg.run.data_dir).items():
                 if path is not None:
                     self.inputs[f"{task}.{role}"] = path
@@ -59,6 +62,7 @@ class EvalStage(BaseStage):
             for old in (self.out / "reference").glob("*"):  # references no longer listed
                 if old not in folders.values():
                     shutil.rmtree(old)
+            curve = evaluate_curve(self.cfg, self.out, progress=progress)
         main = runs[ev.model]
         metrics = headline(main)
         for name, res in runs.items():
@@ -69,7 +73,8 @@ class EvalStage(BaseStage):
         counts.update({f"{t}/corrupt": c for t, c in main["corrupt"].items()})
         counts.update(tasks_skipped=len(main["skipped"]),
                       tasks_computed=sum(len(r["computed"]) for r in runs.values()),
-                      tasks_reused=sum(len(r["reused"]) for r in runs.values()))
+                      tasks_reused=sum(len(r["reused"]) for r in runs.values()),
+                      curve_points=len(curve["steps"]) if curve else 0)
         self.record("evaluate", counts=counts, metrics=metrics, seconds=t["seconds"],
                     models={n: r["model_identity"] for n, r in runs.items()},
                     skipped=main["skipped"])

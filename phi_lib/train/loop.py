@@ -44,6 +44,8 @@ from phi_lib.train.select import protected_steps
 class Trainer:
     def __init__(self, cfg: Config, out: Path, log=print, config_digest: Optional[str] = None):
         self.cfg, self.tc, self.out = cfg, cfg.train, Path(out)
+        self.seed = cfg.run.seed if cfg.train.seed is None else cfg.train.seed
+        """Init and data-order seed (`train.seed`, else `run.seed`)."""
         self.config_digest = config_digest
         """Digest of the config file this process read (recorded in each checkpoint)."""
         self.distributed = cfg.train.launcher != "single"
@@ -79,7 +81,7 @@ class Trainer:
     def build_model(self, init: Optional[Path]):
         from phi_lib.model import PhiConfig, build_model
 
-        torch.manual_seed(self.cfg.run.seed)  # the same init on every rank and every run
+        torch.manual_seed(self.seed)  # the same init on every rank and every run
         model = build_model(PhiConfig.from_model_config(self.cfg.model))  # any family
         if init is not None:
             state = ckpt.load_weights(init)
@@ -178,7 +180,7 @@ class Trainer:
         select = phase.name == "finetune" and tc.finetune.select_by == "val_loss"
 
         batches = train_ds.iter_batches(tc.micro_batch_size, self.rank, self.world,
-                                        start_sample=sample, seed=self.cfg.run.seed)
+                                        start_sample=sample, seed=self.seed)
         engine.train()
         window_t0, window_steps, last_val, val_step = time.perf_counter(), 0, None, None
         try:
