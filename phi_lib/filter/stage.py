@@ -6,6 +6,7 @@
     stage.train()        # a head on embeddings learns the labels     -> classifier/
     stage.score()        # the classifier scores every candidate      -> scored/
     stage.keep()         # the top scores                             -> kept/, kept_code/
+    stage.evaluate()     # the web filter on labelled eval sets       -> eval/, eval.json
     manifest = stage.write_manifest()
 
 Two paths run side by side: `web` (`filter.corpus`) and `code` (`filter.code_corpus`), each
@@ -29,6 +30,8 @@ from phi_lib.stage_base import STEPS_DIR, BaseStage
 CACHE = ".cache"
 """Content-addressed caches (embeddings, the judge's requests): kept by `--force`."""
 FIGURES = ("classifier.png", "scores.png")
+EVAL_FIGURE = "eval.png"
+"""Drawn when there are eval sets."""
 
 
 class StepNotCurrent(RuntimeError):
@@ -43,7 +46,7 @@ class FilterStage(BaseStage):
         self.fc, self.progress = cfg.filter, progress
         self._embedder = None
         self._contam = None
-        self.figures = list(FIGURES)  # written by the plot cells; listed once they exist
+        self.figures = list(FIGURES) + ([EVAL_FIGURE] if self.evaluates() else [])  # the plot cells
         self._register_inputs()
 
     # ------------------------------------------------------------------ inputs
@@ -159,6 +162,29 @@ class FilterStage(BaseStage):
             STEPS["keep"].run(self, kind)
         return STEPS["keep"].table(self)
 
+    def evaluates(self) -> bool:
+        return "web" in self.kinds() and bool(self.fc.eval_sets)
+
+    def evaluate(self, backend=None):
+        """The web classifier and its baselines (length, zero-shot judge, random) on each
+        `filter.eval_sets` set: AUC overall and within length quartiles, F1, calibration."""
+        if not self.evaluates():
+            shutil.rmtree(self.out / STEPS["evaluate"].EVAL_DIR, ignore_errors=True)
+            (self.out / "eval.json").unlink(missing_ok=True)
+            (self.out / STEPS_DIR / "evaluate_web.json").unlink(missing_ok=True)
+            return STEPS["evaluate"].table(self)
+        STEPS["evaluate"].run(self, "web", backend)
+        return STEPS["evaluate"].table(self)
+
+    def plot_eval(self):
+        """Calibration of the classifier and every scorer's AUC overall and per length quartile."""
+        from phi_lib.filter.plots import plot_eval
+
+        stats = self.current("evaluate", "web") if self.evaluates() else {}
+        fig = plot_eval(stats.get("eval") or {})
+        self.save_figure(fig, EVAL_FIGURE)
+        return fig
+
     def _forget_unconfigured(self) -> None:
         """A path no longer configured leaves nothing behind (no stale output or stats)."""
         for kind in set(KINDS) - set(self.kinds()):
@@ -249,6 +275,8 @@ class FilterStage(BaseStage):
 
         for kind in self.kinds():
             self.current("keep", kind)  # every step current, else the manifest would mix configs
+        if self.evaluates():
+            self.current("evaluate", "web")
         stats = ReadStats()
         for kind in self.kinds():
             for what in (files.CANDIDATES, files.ANNOTATIONS, files.SCORED):
