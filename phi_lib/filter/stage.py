@@ -59,8 +59,9 @@ class FilterStage(BaseStage):
         return [self.fc.code_corpus] if self.fc.code_corpus else []
 
     def _register_inputs(self) -> None:
-        """The corpora (the interpreter's `stdlib` is known by its version, see keys) and
-        the benchmark files: the runner reruns the stage when one changes."""
+        """The corpora (the interpreter's `stdlib` is known by its version, see keys), the
+        benchmark files, the reference corpus and the eval sets: the runner reruns the stage
+        when one changes."""
         from phi_lib.corpora import STDLIB, resolve_corpus
         from phi_lib.decontaminate import benchmark_path
 
@@ -72,6 +73,14 @@ class FilterStage(BaseStage):
         for name in self.fc.decontaminate_against:
             self.inputs[f"benchmark:{name}"] = benchmark_path(name, data_dir,
                                                               "filter.decontaminate_against")
+        fc = self.fc
+        extra = list(fc.reference_corpus) if "web" in self.kinds() and fc.label_source != "llm" else []
+        if self.evaluates():
+            for name in fc.eval_sets:
+                extra += (list(fc.eval_positive_corpus) + list(fc.eval_negative_corpus)
+                          if name == "holdout" else [name])
+        for spec in dict.fromkeys(extra):  # reference passages and eval sets: data read too
+            self.inputs.setdefault(f"corpus:{spec}", resolve_corpus(spec, data_dir))
 
     @property
     def embedder(self):
