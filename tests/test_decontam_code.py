@@ -113,3 +113,14 @@ def test_stage_01_drops_an_exercise_that_copies_a_benchmark_and_records_the_rate
     assert recs[0]["drop_reason"] == "contaminated_ast" and recs[0]["ast_match"]["rate"] == 1.0
     assert "humaneval/HumanEval/0" in recs[0]["drop_detail"]
     assert "drop_reason" not in recs[1] and recs[1]["ast_match"]["rate"] < 0.8
+
+
+def test_stage_01_manifest_counts_what_each_threshold_would_prune():
+    from phi_lib.synth.stage import kind_stats
+
+    samples = [{"text": "x", "ast_match": {"benchmark": "b", "rate": r}} for r in (1.0, 0.91, 0.82)]
+    samples.append({"text": "y", "drop_reason": "exercise_truncated"})  # never reached the check
+    counts: dict = {}
+    kind_stats("code_exercises", samples, counts, {}, {})
+    assert counts["code_exercises/ast_checked"] == 3
+    assert [counts[f"code_exercises/ast_prune_at_{t}"] for t in ("0.95", "0.9", "0.85", "0.8")] == [1, 2, 2, 3]
