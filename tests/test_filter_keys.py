@@ -21,7 +21,7 @@ def fake_model(folder, weights: bytes):
     return str(folder)
 
 
-JUDGE_KNOBS = [{"filter.rubric": "full"}, {"filter.judge_format": "chat"},
+JUDGE_KNOBS = [{"filter.rubric": "full"}, {"filter.judge_format": "chat", "filter.rubric": "short"},
                {"filter.score_from": "text"}, {"filter.annotation_sampling.temperature": 0.5},
                {"filter.annotation_sampling.max_new_tokens": 3}, {"filter.annotate_max_chars": 501},
                {"filter.annotator.dtype": "float32"},

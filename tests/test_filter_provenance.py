@@ -53,7 +53,8 @@ def config(tmp_path, **over):
             "filter.code_corpus": None, "filter.max_docs": 40, "filter.decontaminate_against": [],
             "filter.n_annotate": 16, "filter.n_estimators": 10, "filter.score_batch_size": 8,
             "filter.judge_format": "completion", "filter.score_from": "text",
-            "filter.label_source": "llm", "filter.classifier": "random_forest", "filter.eval_sets": []}
+            "filter.label_source": "llm", "filter.classifier": "random_forest", "filter.eval_sets": [],
+            "filter.rubric": "short"}
     return load("params/smoke.yaml", {**base, **{f"filter.{k}": v for k, v in over.items()}})
 
 

@@ -33,7 +33,7 @@ def config(tmp_path, **over):
             "filter.eval_positive_corpus": [EVAL_BOOK],
             "filter.eval_negative_corpus": ["corpora/web/data-prep-kit-cc"],
             "filter.eval_per_class": 16, "filter.eval_judge_docs": 6,
-            "filter.fasttext_bucket": 20_000, "filter.fasttext_dim": 16}
+            "filter.fasttext_bucket": 20_000, "filter.fasttext_dim": 16, "filter.rubric": "short"}
     return load("params/smoke.yaml", {**base, **{f"filter.{k}": v for k, v in over.items()}})
 
 
