@@ -1,4 +1,4 @@
-"""Stage 02: filter web and code by educational value, in five steps (phi_lib.filter.steps).
+"""Stage 02: filter web and code by educational value, in six steps (phi_lib.filter.steps).
 
     stage = FilterStage(cfg, out)
     stage.prefilter()    # heuristics, decontamination, MinHash dedup -> candidates/
@@ -10,7 +10,9 @@
     manifest = stage.write_manifest()
 
 Two paths run side by side: `web` (`filter.corpus`) and `code` (`filter.code_corpus`), each
-with its own prompt, classifier and output. A step reads the files of the one before and
+with its own prompt, classifier and output. The web labels come from the judge, from
+reference data (`label_source`, phi_lib.filter.reference) or both; `evaluate` says how good
+the web filter is on eval sets it never trained on (phi_lib.filter.evalset). A step reads the files of the one before and
 writes its own (phi_lib.filter.files); it is skipped while its fingerprint
 (phi_lib.filter.keys) matches the one it recorded, so a restarted kernel continues at any
 step and a changed knob recomputes only what it changes.
