@@ -146,4 +146,16 @@ def test_yesno_judge_scores_by_the_answer_tokens_probability():
     assert yesno_score(" no.", None)[0].score == 0.0
     assert yesno_score(" perhaps", lp)[0].status == "no_score"
     assert annotation_prompt("x", "web", 10, "yesno", True).endswith("Answer:")
-    assert Completion  # the record path is exercised in test_reference_labels (judge baseline)
+
+
+class FailingJudge(ScriptedJudge):
+    def generate(self, prompts, params, **kw):
+        self.asked += len(prompts)
+        return [Completion(text=None, error="server down") for _ in prompts]
+
+
+def test_a_judge_that_scores_nothing_is_reported_not_a_crash(tmp_path):
+    stage = run_all(config(tmp_path, classifier="ridge"), FailingJudge("x"))
+    rep = json.loads((stage.out / "eval.json").read_text())["holdout"]
+    assert rep["unscored_by_judge"] == 6 and "judge" not in rep["scorers"]
+    assert rep["scorers"]["classifier"]["roc_auc"] is not None

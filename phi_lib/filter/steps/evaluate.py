@@ -82,9 +82,10 @@ def run(stage, kind: str = KIND, backend=None) -> dict:
                     backend = backend or stage.annotator_backend()
                     js = judge_scores(stage, [docs[i] for i in idx], backend)
                     ok = idx[~np.isnan(js)]
-                    full = np.full(len(docs), np.nan)
-                    full[idx] = js
-                    scores["judge"], subsets["judge"] = full, ok
+                    if len(ok):  # else every reply unscored: counted below, no AUC of nothing
+                        full = np.full(len(docs), np.nan)
+                        full[idx] = js
+                        scores["judge"], subsets["judge"] = full, ok
                 rep = report(y, scores, lengths, subsets, thresholds)
                 rep["unscored_by_judge"] = int(len(idx) - len(ok))
                 results[set_name] = rep
