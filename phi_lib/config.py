@@ -187,6 +187,13 @@ class SynthConfig:
     decontaminate_ast_threshold: Optional[float] = 0.9
     """Drop an exercise whose AST match rate with a benchmark solution is at least this
     (`contaminated_ast`); empty = record and count only."""
+    decontaminate_embedder: str = "minilm"
+    """Embedder of the code-embedding distance (phi-1: codegen; `minilm` or an HF causal LM
+    dir/hub name, as `filter.embedder`): each exercise records its nearest benchmark solution
+    by cosine similarity of the normalized code (`embedding_match`)."""
+    decontaminate_embedding_threshold: Optional[float] = None
+    """Drop an exercise whose embedding similarity to a benchmark solution is at least this
+    (`contaminated_embedding`); empty = record only (MiniLM is not a code model)."""
     check_exercises: bool = True
     """Run each CodeExercises solution against its asserts in the sandbox; drop failures."""
     exercise_timeout_s: float = operational(10.0)
@@ -217,6 +224,8 @@ class SynthConfig:
             _one_of("decontaminate_code_against", name, ("humaneval", "mbpp"), what="code benchmark")
         if self.decontaminate_ast_threshold is not None:
             _fraction("decontaminate_ast_threshold", self.decontaminate_ast_threshold)
+        if self.decontaminate_embedding_threshold is not None:
+            _fraction("decontaminate_embedding_threshold", self.decontaminate_embedding_threshold)
         if not self.audiences:
             _fail("audiences", "name at least one audience")
         if not self.styles:

@@ -109,10 +109,22 @@ def test_stage_01_drops_an_exercise_that_copies_a_benchmark_and_records_the_rate
     recs = [{"kind": "code_exercises", "text": t, "function_name": f, "finish_reason": "stop",
              "sampling": {"max_new_tokens": 512}}
             for t, f in ((copy, "has_close_elements"), (own, "count_vowels"))]
-    check_alone(recs, cfg, benchmarks=None, code_benchmarks=lambda: humaneval)
+    from test_filter_provenance import WordHashEmbedder
+
+    check_alone(recs, cfg, benchmarks=None, code_benchmarks=lambda: humaneval,
+                code_embedder=WordHashEmbedder)
     assert recs[0]["drop_reason"] == "contaminated_ast" and recs[0]["ast_match"]["rate"] == 1.0
     assert "humaneval/HumanEval/0" in recs[0]["drop_detail"]
     assert "drop_reason" not in recs[1] and recs[1]["ast_match"]["rate"] < 0.8
+    assert "embedding_match" not in recs[0]  # dropped before: the embedding is not asked
+    assert recs[1]["embedding_match"]["similarity"] < 0.99
+    # an embedding threshold drops what the AST check let through
+    recs[1].pop("embedding_match")
+    cfg.decontaminate_ast_threshold, cfg.decontaminate_embedding_threshold = None, 0.0
+    check_alone(recs[1:], cfg, benchmarks=None, code_benchmarks=lambda: humaneval,
+                code_embedder=WordHashEmbedder)
+    assert recs[1]["drop_reason"] == "contaminated_embedding"
+    assert recs[1]["drop_detail"].startswith(recs[1]["embedding_match"]["benchmark"])
 
 
 def test_stage_01_manifest_counts_what_each_threshold_would_prune():

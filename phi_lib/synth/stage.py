@@ -208,7 +208,8 @@ class SynthStage(BaseStage):
             return kinds_table(self.step_stats("filter")["table"])
         with self.timed() as t:
             stats, bench = ReadStats(), _Lazy(lambda: self._benchmarks(flt))
-            bench.code = _Lazy(self._code_benchmarks)  # AST decontamination of exercises
+            bench.code = _Lazy(self._code_benchmarks)  # AST and embedding decontamination
+            bench.embedder = _Lazy(self._code_embedder)
             rows, counts, drops, metrics, reused = [], {}, {}, {}, 0
             for kind in KINDS:
                 if kind in self.scfg.kinds or any((d / kind).is_dir() for d in (
@@ -232,7 +233,7 @@ class SynthStage(BaseStage):
                    for r in read_generated(self.out, kind, stats)]
         reused = self._reuse_verdicts(kind, samples, filter_key)
         quality.check_alone([r for r in samples if "_reused" not in r], self.scfg, bench,
-                            getattr(bench, "code", None))
+                            getattr(bench, "code", None), getattr(bench, "embedder", None))
         quality.drop_near_duplicates(samples, self.scfg.dedup_threshold)
         for r in samples:
             r.pop("_reused", None)
@@ -257,6 +258,12 @@ class SynthStage(BaseStage):
 
         return CodeBenchmarks.build(self.scfg.decontaminate_code_against, self.cfg.run.data_dir)
 
+    def _code_embedder(self):
+        from phi_lib.embed import get_embedder
+
+        return get_embedder(self.scfg.decontaminate_embedder, run_dir=self.cfg.run_dir,
+                            data_dir=self.cfg.run.data_dir)
+
     def _reuse_verdicts(self, kind: str, samples: list[dict], filter_key: str) -> int:
         """Copy the verdict of the alone-judging filters from the sample written last time
         when its completion and the filter settings are the same (marks them `_reused`)."""
@@ -273,8 +280,9 @@ class SynthStage(BaseStage):
                 r["drop_reason"] = p["drop_reason"]
                 if "drop_detail" in p:
                     r["drop_detail"] = p["drop_detail"]
-            if "ast_match" in p:
-                r["ast_match"] = p["ast_match"]
+            for k in ("ast_match", "embedding_match"):
+                if k in p:
+                    r[k] = p[k]
             r["_reused"] = True
             n += 1
         return n
