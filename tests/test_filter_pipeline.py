@@ -94,7 +94,9 @@ def test_stage_02_outputs_of_the_smoke_run(smoke_run):
     auc, q_auc = m["web/eval/holdout/classifier/roc_auc"], m["web/eval/holdout/classifier/mean_quartile_auc"]
     assert auc is not None and auc > 0.75, m
     assert q_auc > m["web/eval/holdout/length/mean_quartile_auc"] + 0.2, m
-    assert m["web/eval/holdout/judge/roc_auc"] is not None  # the zero-shot baseline, both classes
+    rep = json.loads((out / "eval.json").read_text())["holdout"]  # the zero-shot judge baseline:
+    judged = rep["scorers"].get("judge", {}).get("n", 0)  # every page it was asked scored or counted
+    assert judged + rep["unscored_by_judge"] == cfg.filter.eval_judge_docs
     assert man["counts"]["web/eval/holdout/docs"] == 2 * cfg.filter.eval_per_class
     for kind, folder in (("web", "kept"), ("code", "kept_code")):
         kept = [json.loads(line) for p in (out / folder).glob("*.jsonl") for line in p.read_text().splitlines()]
