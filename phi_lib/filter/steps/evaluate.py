@@ -57,7 +57,9 @@ def judge_scores(stage, docs: list[dict], backend) -> np.ndarray:
 
 def run(stage, kind: str = KIND, backend=None) -> dict:
     from phi_lib.filter.evalset import binary, judge_subset, report
-    from phi_lib.io import atomic_open, atomic_write_json
+    import shutil
+
+    from phi_lib.io import atomic_write_json
 
     name, fp = f"evaluate_{kind}", fingerprint(stage, kind)
     if stage.step_current(name, fp):
@@ -68,9 +70,12 @@ def run(stage, kind: str = KIND, backend=None) -> dict:
         clf = stage.classifier(kind)
         thresholds = {"keep_threshold": stage.threshold(kind), "label_threshold": fc.label_threshold}
         results, metrics, own = {}, {}, backend is None
+        shutil.rmtree(stage.out / EVAL_DIR, ignore_errors=True)  # no file of a set no longer named
         try:
             for set_name in fc.eval_sets:
                 docs = eval_docs(stage, set_name, train_texts)
+                if not docs:
+                    raise ValueError(f"filter.eval_sets: {set_name!r} holds no document")
                 y = binary([d["label"] for d in docs], fc.label_threshold)
                 lengths = np.array([len(d["text"].split()) for d in docs], dtype=np.float64)
                 scores = {"classifier": np.asarray(clf.score_texts([d["text"] for d in docs]), np.float64),
@@ -89,7 +94,7 @@ def run(stage, kind: str = KIND, backend=None) -> dict:
                 rep = report(y, scores, lengths, subsets, thresholds)
                 rep["unscored_by_judge"] = int(len(idx) - len(ok))
                 results[set_name] = rep
-                _write_scores(stage, set_name, docs, y, lengths, scores, atomic_open)
+                _write_scores(stage, set_name, docs, y, lengths, scores)
                 for scorer, r in rep["scorers"].items():
                     metrics[f"{kind}/eval/{set_name}/{scorer}/roc_auc"] = r["roc_auc"]
                     metrics[f"{kind}/eval/{set_name}/{scorer}/mean_quartile_auc"] = r["mean_quartile_auc"]
@@ -104,7 +109,10 @@ def run(stage, kind: str = KIND, backend=None) -> dict:
                         metrics=metrics, eval=results)
 
 
-def _write_scores(stage, set_name, docs, y, lengths, scores, atomic_open) -> None:
+def _write_scores(stage, set_name, docs, y, lengths, scores) -> None:
+    """`eval/<set>.jsonl`: per document its label, words and every scorer's score."""
+    from phi_lib.io import atomic_open
+
     folder = stage.out / EVAL_DIR
     folder.mkdir(parents=True, exist_ok=True)
     safe = set_name.replace("/", "_")
