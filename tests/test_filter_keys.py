@@ -21,7 +21,7 @@ def fake_model(folder, weights: bytes):
     return str(folder)
 
 
-JUDGE_KNOBS = [{"filter.rubric": "full"}, {"filter.judge_format": "chat"},
+JUDGE_KNOBS = [{"filter.rubric": "full"}, {"filter.judge_format": "chat", "filter.rubric": "short"},
                {"filter.score_from": "text"}, {"filter.annotation_sampling.temperature": 0.5},
                {"filter.annotation_sampling.max_new_tokens": 3}, {"filter.annotate_max_chars": 501},
                {"filter.annotator.dtype": "float32"},
@@ -121,3 +121,32 @@ def test_embedding_cache_is_keyed_by_identity_and_length(tmp_path):
     assert Counting.texts == 4
     with pytest.raises(ValueError, match="identity"):
         CachedEmbedder(lambda: Counting(), db, 128)
+
+
+def test_label_source_fasttext_and_eval_knobs_are_in_their_fingerprints(tmp_path):
+    ref = {"filter.label_source": "reference"}
+    a0 = keys.annotate(cfg_of(tmp_path, **ref), "web", "c")[0].key
+    for over in ({"filter.label_source": "union"}, {"filter.label_source": "llm"},
+                 {"filter.n_reference": 7}, {"filter.min_words": 60},
+                 {"filter.reference_corpus": ["corpora/textbook/tinystories"]}):
+        assert keys.annotate(cfg_of(tmp_path, **{**ref, **over}), "web", "c")[0].key != a0, over
+    # reference labels ask no judge: a new judge does not relabel them (the code path's does)
+    judge = {"filter.rubric": "full"}
+    assert keys.annotate(cfg_of(tmp_path, **ref, **judge), "web", "c")[0].key == a0
+    assert keys.annotate(cfg_of(tmp_path, **ref, **judge), "code", "c")[0].key != \
+        keys.annotate(cfg_of(tmp_path, **ref), "code", "c")[0].key
+    ft = {"filter.classifier": "fasttext"}
+    c0 = keys.classifier(cfg_of(tmp_path, **ft), "web", "labels").key
+    for over in ({"filter.fasttext_epoch": 3}, {"filter.fasttext_dim": 8}, {"filter.fasttext_lr": 0.5},
+                 {"filter.fasttext_word_ngrams": 1}, {"filter.fasttext_bucket": 1000},
+                 {"filter.label_threshold": 2.0}, {"run.seed": 9}):
+        assert keys.classifier(cfg_of(tmp_path, **{**ft, **over}), "web", "labels").key != c0, over
+    for over in ({"filter.embedder": "other"}, {"filter.n_estimators": 7}):  # fastText reads text
+        assert keys.classifier(cfg_of(tmp_path, **{**ft, **over}), "web", "labels").key == c0, over
+    e0 = keys.evaluate(cfg_of(tmp_path), "clf", 2.0).key
+    for over in ({"filter.eval_per_class": 7}, {"filter.eval_judge_docs": 3}, {"filter.eval_sets": []},
+                 {"filter.eval_negative_corpus": ["corpora/web/data-prep-kit-cc"]}, {"filter.rubric": "full"}):
+        assert keys.evaluate(cfg_of(tmp_path, **over), "clf", 2.0).key != e0, over
+    assert keys.evaluate(cfg_of(tmp_path), "other clf", 2.0).key != e0
+    assert keys.evaluate(cfg_of(tmp_path), "clf", 2.5).key != e0
+    assert keys.evaluate(cfg_of(tmp_path, **{"filter.annotator.batch_size": 1}), "clf", 2.0).key == e0

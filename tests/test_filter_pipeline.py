@@ -34,17 +34,23 @@ SPAM = ["BUY NOW!!! Cheap watches, 90% off, free shipping, click here to order t
 
 
 @pytest.mark.slow
-def test_datatrove_block_filters_a_corpus_end_to_end(tmp_path):
+@pytest.mark.parametrize("head", ["ridge", "fasttext"])
+def test_datatrove_block_filters_a_corpus_end_to_end(tmp_path, head):
     from phi_lib.filter.classifier import train_classifier
     from phi_lib.filter.datatrove_block import run_local
-    from phi_lib.embed import get_embedder
+    from phi_lib.filter.fasttext_head import FastTextParams, train_fasttext
 
-    emb = get_embedder("minilm")
     train_edu, train_spam = EDU[:8], SPAM[:8]
-    X = emb.embed(train_edu + train_spam)
     y = np.array([5.0] * 8 + [0.0] * 8)
-    clf, _ = train_classifier(X, y, kind="ridge", threshold=3.0, val_fraction=0.0, seed=0,
-                              embedder_name="minilm")
+    if head == "fasttext":  # the text itself, no embedder
+        clf, _ = train_fasttext(train_edu + train_spam, y, threshold=3.0, val_fraction=0.0, seed=0,
+                                params=FastTextParams(bucket=10_000, dim=16, epoch=50, lr=1.0, seed=0))
+    else:
+        from phi_lib.embed import get_embedder
+
+        X = get_embedder("minilm").embed(train_edu + train_spam)
+        clf, _ = train_classifier(X, y, kind="ridge", threshold=3.0, val_fraction=0.0, seed=0,
+                                  embedder_name="minilm")
     clf.save(tmp_path / "clf")
     inp = tmp_path / "in"
     inp.mkdir()
@@ -73,13 +79,25 @@ def test_stage_02_outputs_of_the_smoke_run(smoke_run):
     out = cfg.run_dir / "02_filter_web"
     assert (out / "executed.ipynb").is_file()
     man = json.loads((out / "manifest.json").read_text())
-    n = cfg.filter.n_annotate
-    assert man["counts"]["web/annotations/annotated"] == n == man["counts"]["code/annotations/annotated"]
-    assert sorted(man["figures"]) == ["classifier.png", "scores.png"]
+    n, n_ref = cfg.filter.n_annotate, cfg.filter.n_reference
+    assert cfg.filter.label_source == "reference"  # web: reference positives + the web sample
+    assert man["counts"]["web/annotations/annotated"] == n + n_ref
+    assert man["counts"]["code/annotations/annotated"] == n
+    assert sorted(man["figures"]) == ["classifier.png", "eval.png", "scores.png"]
     assert man["counts"]["corrupt_output_records"] == 0
     ann = [json.loads(line) for line in (out / "annotations.jsonl").read_text().splitlines()]
-    assert len(ann) == 2 * n and all(r["status"] in ("ok", "no_score", "out_of_range", "empty", "error")
-                                     for r in ann)
+    assert len(ann) == 2 * n + n_ref
+    assert all(r["status"] in ("ok", "no_score", "out_of_range", "empty", "error", "reference") for r in ann)
+    # the stage says how good its web filter is, on a holdout it never trained on: a defined
+    # AUC, well above chance, and above the length baseline within length quartiles
+    m = man["metrics"]
+    auc, q_auc = m["web/eval/holdout/classifier/roc_auc"], m["web/eval/holdout/classifier/mean_quartile_auc"]
+    assert auc is not None and auc > 0.75, m
+    assert q_auc > m["web/eval/holdout/length/mean_quartile_auc"] + 0.2, m
+    rep = json.loads((out / "eval.json").read_text())["holdout"]  # the zero-shot judge baseline:
+    judged = rep["scorers"].get("judge", {}).get("n", 0)  # every page it was asked scored or counted
+    assert judged + rep["unscored_by_judge"] == cfg.filter.eval_judge_docs
+    assert man["counts"]["web/eval/holdout/docs"] == 2 * cfg.filter.eval_per_class
     for kind, folder in (("web", "kept"), ("code", "kept_code")):
         kept = [json.loads(line) for p in (out / folder).glob("*.jsonl") for line in p.read_text().splitlines()]
         info = json.loads((out / f"{folder}.json").read_text())

@@ -52,7 +52,9 @@ def config(tmp_path, **over):
     base = {"run.output_root": str(tmp_path), "filter.corpus": ["corpora/web/c4-en"],
             "filter.code_corpus": None, "filter.max_docs": 40, "filter.decontaminate_against": [],
             "filter.n_annotate": 16, "filter.n_estimators": 10, "filter.score_batch_size": 8,
-            "filter.judge_format": "completion", "filter.score_from": "text"}
+            "filter.judge_format": "completion", "filter.score_from": "text",
+            "filter.label_source": "llm", "filter.classifier": "random_forest", "filter.eval_sets": [],
+            "filter.rubric": "short"}
     return load("params/smoke.yaml", {**base, **{f"filter.{k}": v for k, v in over.items()}})
 
 

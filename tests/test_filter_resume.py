@@ -41,7 +41,8 @@ def test_scoring_resumes_without_loss_or_duplicates(tmp_path):
         "run.output_root": str(tmp_path), "filter.corpus": ["corpora/web/c4-en"],
         "filter.code_corpus": None, "filter.max_docs": 40, "filter.decontaminate_against": [],
         "filter.n_annotate": 16, "filter.n_estimators": 10, "filter.score_batch_size": 8,
-        "filter.shard_size": 8})
+        "filter.shard_size": 8, "filter.label_source": "llm", "filter.eval_sets": [],
+        "filter.rubric": "short"})
     out = cfg.run_dir / "02_filter_web"
     first = FilterStage(cfg, out, progress=False)
     first.prefilter()

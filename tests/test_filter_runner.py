@@ -95,7 +95,7 @@ def test_knob_changes_through_the_runner(smoke_copy):
     r = smoke_copy(["02", "03"], {"filter.keep_fraction": 0.5})
     assert status(r, "02") == status(r, "03") == "done"
     s1 = steps(out)
-    assert {k for k in s1 if s1[k] != s0[k]} == {"keep_web", "keep_code"}
+    assert {k for k in s1 if s1[k] != s0[k]} == {"keep_web", "keep_code", "evaluate_web"}  # F1 at the cut
     assert len(records(out / "kept")) > len(kept0)
     assert marker(run_dir, "03_mix")["outputs_digest"] != mix0
     assert_one_classifier(out)
@@ -120,8 +120,9 @@ def test_knob_changes_through_the_runner(smoke_copy):
     assert stats["scored_now"] == len(new) - len(old) and stats["stale_removed"] == 0
     assert_one_classifier(out)
 
-    # 4. a new classifier (fewer trees), the run killed with SIGKILL once its first scores are on disk
-    changed = {**grown, "filter.n_estimators": 50, "filter.score_batch_size": 4}
+    # 4. a new classifier (other reference labels), the run killed with SIGKILL once its first
+    # scores are on disk
+    changed = {**grown, "filter.n_reference": 23, "filter.score_batch_size": 4}
     sets = [f"--set={k}={v}" for k, v in {**changed, "run.output_root": str(run_dir.parent)}.items()]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "phi_lib", "run", str(ROOT / "params" / "smoke.yaml"),

@@ -29,7 +29,7 @@ def answer(prompt, seed):
 def config(root, **over):
     cfg = load("params/smoke.yaml", {"run.output_root": str(root), **over})
     cfg.synth.kinds = dict(KINDS)
-    cfg.synth.decontaminate_against = []
+    cfg.synth.decontaminate_against = cfg.synth.decontaminate_code_against = []
     return cfg
 
 

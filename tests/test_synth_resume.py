@@ -25,7 +25,7 @@ def config(root, **over):
     cfg = load("params/smoke.yaml", {"run.output_root": str(root), **over})
     cfg.synth.kinds = dict(KINDS)
     cfg.synth.batch_prompts, cfg.synth.shard_size = 2, 4
-    cfg.synth.decontaminate_against = []
+    cfg.synth.decontaminate_against = cfg.synth.decontaminate_code_against = []
     return cfg
 
 

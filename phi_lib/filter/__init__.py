@@ -1,9 +1,10 @@
 """Stage 02: filtering web and code by educational value (phi-1 sec. 2.1, phi-1.5 sec. 2.4).
 
-An LLM judge labels a sample (`annotate`), a head on embeddings learns the labels
-(`classifier`), and the classifier scores the whole pre-filtered corpus. `stage` runs it as
-five steps (`steps/`) that talk through files (`files`), each skipped while its fingerprint
-(`keys`) is unchanged. The same classifier runs at corpus scale as a datatrove block
+An LLM judge labels a sample (`annotate`) or reference data does (`reference`: textbook
+passages vs web pages, DCLM), a head on embeddings or fastText on the text learns the labels
+(`classifier`, `fasttext_head`), the classifier scores the whole pre-filtered corpus, and
+`evalset` measures it on held-out labelled sets. `stage` runs it as six steps (`steps/`)
+that talk through files (`files`), each skipped while its fingerprint (`keys`) is unchanged. The same classifier runs at corpus scale as a datatrove block
 (`datatrove_block`).
 """
 from phi_lib.filter.classifier import EduClassifier, load_classifier, train_classifier

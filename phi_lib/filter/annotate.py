@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Optional, Sequence
 
-from phi_lib.filter.prompts import annotation_prompt, logprob_score, parse_score
+from phi_lib.filter.prompts import annotation_prompt, logprob_score, parse_score, yesno_score
 from phi_lib.io import ShardedJsonlWriter
 
 TOP_LOGPROBS = 10
@@ -26,9 +26,12 @@ def label_of(score_text: Optional[float], score_lp: Optional[float], score_from:
 
 
 def annotation_record(doc: dict, kind: str, completion, score_from: str,
-                      annotator: str = "") -> dict:
-    parsed = parse_score(completion.text, completion.error)
-    lp = logprob_score(completion.top_logprobs, completion.text or "", parsed.span)
+                      annotator: str = "", rubric: str = "full") -> dict:
+    if rubric == "yesno":
+        parsed, lp = yesno_score(completion.text, completion.top_logprobs, completion.error)
+    else:
+        parsed = parse_score(completion.text, completion.error)
+        lp = logprob_score(completion.top_logprobs, completion.text or "", parsed.span)
     return {"key": doc["key"], "id": doc["id"], "corpus": doc["corpus"], "kind": kind,
             "text": doc["text"], "reply": completion.text, "status": parsed.status,
             "score_text": parsed.score, "score_logprobs": lp,
@@ -56,7 +59,7 @@ def annotate(docs: Sequence[dict], kind: str, backend, cfg, writer: ShardedJsonl
         completions = backend.generate(prompts, cfg.annotation_sampling, chat=not completion,
                                        logprobs=TOP_LOGPROBS)
         for doc, c in zip(batch, completions):
-            rec = annotation_record(doc, kind, c, cfg.score_from, annotator)
+            rec = annotation_record(doc, kind, c, cfg.score_from, annotator, cfg.rubric)
             statuses[rec["status"]] += 1
             writer.write(rec)
         bar.update(len(batch))

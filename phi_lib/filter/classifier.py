@@ -1,8 +1,10 @@
-"""The educational-value classifier: a head on document embeddings, trained on LLM labels.
+"""The educational-value classifier: a head on document embeddings, or fastText on the text.
 
-Both heads regress the 0-5 annotation score: a random forest (phi-1's choice of model) or a
-ridge linear head (FineWeb-Edu's regression head). The score of a document is the predicted
-annotation score, so higher = more educational and thresholds read on the judge's scale;
+The embedding heads regress the 0-5 label: a random forest (phi-1's choice of model) or a
+ridge linear head (FineWeb-Edu's regression head). The fastText head (DCLM's filter: word
+bigrams, no embedder) is a binary classifier of `label >= label_threshold`; its score is
+5 x P(educational), so all three read on the judge's 0-5 scale. The score of a document is
+the predicted score, so higher = more educational and thresholds read on the judge's scale;
 F1, ROC AUC and the confusion matrix are computed on the binary decision at
 `label_threshold` (FineWeb-Edu's "score >= 3"), on a held-out validation split.
 
@@ -33,7 +35,11 @@ def make_head(kind: str, seed: int = 0, n_estimators: int = 300):
         from sklearn.linear_model import RidgeCV
 
         return RidgeCV(alphas=np.logspace(-3, 3, 13))
-    raise ValueError(f"filter.classifier: unknown head {kind!r} (known: random_forest, ridge)")
+    raise ValueError(f"filter.classifier: unknown head {kind!r} (known: random_forest, ridge, fasttext)")
+
+
+HEADS = ("random_forest", "ridge", "fasttext")
+"""`filter.classifier` values; `fasttext` reads text, the others embeddings."""
 
 
 @dataclass
@@ -128,9 +134,12 @@ class EduClassifier:
             return np.zeros(0, dtype=np.float32)
         return np.asarray(self.head.predict(X), dtype=np.float32)
 
+    def score_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(n,) scores on the 0-5 judge scale; higher = more educational."""
+        return self.score_embeddings(self.embedder.embed(list(texts)))
+
     def score(self, texts: Sequence[str]) -> list[float]:
-        """One score per text on the 0-5 judge scale; higher = more educational."""
-        return [float(s) for s in self.score_embeddings(self.embedder.embed(list(texts)))]
+        return [float(s) for s in self.score_texts(texts)]
 
     def save(self, folder) -> Path:
         import joblib
@@ -143,34 +152,53 @@ class EduClassifier:
         return folder
 
 
+def fit_and_validate(make, X, labels: np.ndarray, *, threshold: float, val_fraction: float,
+                     seed: int):
+    """Fit `make()` on a train split, report on the validation split, refit on everything.
+    `X` is anything indexable by an index array (embeddings, or a numpy array of texts)."""
+    labels = np.asarray(labels, dtype=np.float32)
+    if len(labels) < 2:
+        raise ValueError(f"need at least 2 labelled samples to train a classifier, got {len(labels)}")
+    tr, va = split_train_val(len(labels), val_fraction, seed, labels, threshold)
+    head = make().fit(X[tr], labels[tr])
+    report = evaluate_scores(np.asarray(head.predict(X[va]), dtype=np.float32) if len(va) else
+                             np.zeros(0, np.float32), labels[va], threshold, n_train=len(tr))
+    return make().fit(X, labels), report  # validation measured; now use all
+
+
 def train_classifier(X: np.ndarray, labels: np.ndarray, *, kind: str, threshold: float,
                      val_fraction: float, seed: int, embedder_name: str, embed_max_tokens: int = 256,
                      n_estimators: int = 300, extra_meta: Optional[dict] = None,
                      embedder=None) -> tuple[EduClassifier, ClassifierReport]:
     """Fit the head on a train split, report on the validation split, refit on everything."""
     labels = np.asarray(labels, dtype=np.float32)
-    if len(labels) < 2:
-        raise ValueError(f"need at least 2 labelled samples to train a classifier, got {len(labels)}")
-    tr, va = split_train_val(len(labels), val_fraction, seed, labels, threshold)
-    head = make_head(kind, seed, n_estimators).fit(X[tr], labels[tr])
-    report = evaluate_scores(np.asarray(head.predict(X[va]), dtype=np.float32) if len(va) else
-                             np.zeros(0, np.float32), labels[va], threshold, n_train=len(tr))
-    final = make_head(kind, seed, n_estimators).fit(X, labels)  # validation measured; now use all
+    final, report = fit_and_validate(lambda: make_head(kind, seed, n_estimators), X, labels,
+                                     threshold=threshold, val_fraction=val_fraction, seed=seed)
     meta = {"head": kind, "embedder": embedder_name, "embed_max_tokens": embed_max_tokens,
             "embedding_dim": int(X.shape[1]), "label_threshold": threshold,
             "score_scale": "0-5 (predicted annotation score)", "n_labels": int(len(labels)),
-            "validation": report.metrics() | {"confusion": report.confusion,
-                                              "scores": report.val_scores, "labels": report.val_labels},
+            "validation": validation_meta(report),
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra_meta or {})}
     return EduClassifier(final, meta, embedder), report
 
 
-def load_classifier(folder, embedder=None) -> EduClassifier:
-    """A classifier saved by stage 02 (`02_filter_web/classifier/`)."""
+def validation_meta(report: ClassifierReport) -> dict:
+    return report.metrics() | {"confusion": report.confusion, "scores": report.val_scores,
+                               "labels": report.val_labels}
+
+
+def load_classifier(folder, embedder=None):
+    """A classifier saved by stage 02 (`02_filter_web/classifier/`): an EduClassifier, or a
+    FastTextClassifier (`head: fasttext`); both have `score(texts)` and `score_texts`."""
     import joblib
 
     folder = Path(folder)
-    meta_file, head_file = folder / "classifier.json", folder / "head.joblib"
+    meta_file = folder / "classifier.json"
+    if meta_file.is_file() and json.loads(meta_file.read_text()).get("head") == "fasttext":
+        from phi_lib.filter.fasttext_head import FastTextClassifier
+
+        return FastTextClassifier.load(folder)
+    head_file = folder / "head.joblib"
     for f in (meta_file, head_file):
         if not f.is_file():
             raise FileNotFoundError(f"{folder}: not a saved classifier ({f.name} is missing); "

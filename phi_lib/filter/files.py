@@ -6,6 +6,8 @@
     classifier[_code]/       train     -> score    (the head; classifier.json with its fingerprint)
     scored/<kind>/           score     -> keep     (key, score, `classifier` fingerprint)
     kept[_code]/, .json      keep      -> stage 03 (the documents kept, threshold and counts)
+    eval/<set>.jsonl, eval.json  evaluate (per eval document: label, words, each scorer's score;
+                             the report: AUCs overall and per length quartile, F1, calibration)
     .steps/<step>_<kind>.json   each step's fingerprint, stats and output digest
 
 Records are keyed by `<corpus>/<id>`. A record made by another judge or classifier is stale:

@@ -8,10 +8,15 @@ nothing after it:
 
     prefilter  corpus + heuristic/dedup/decontamination knobs + corpus and benchmark digests
     annotate   annotator fingerprint (backend kind/model/dtype, model content identity, rubric,
-               judge_format, score_from, sampling, annotate_max_chars, prompt template)
-               + sample knobs (n_annotate, annotate_pool_docs, seed) + candidates digest
-    train      classifier fingerprint (head knobs, embedder identity, embed_max_tokens,
-               annotations digest) + validation knobs (label_threshold, val_fraction, seed)
+               judge_format, score_from, sampling, annotate_max_chars, prompt template;
+               left out with label_source `reference`) + label source (reference corpus
+               digests, n_reference, the heuristics that pick passages) + sample knobs
+               (n_annotate, annotate_pool_docs, seed) + candidates digest
+    train      classifier fingerprint (head knobs, embedder identity, embed_max_tokens, or
+               for fasttext its knobs, label_threshold and package version; annotations
+               digest) + validation knobs (label_threshold, val_fraction, seed)
+    evaluate   classifier fingerprint + keep threshold + eval sets (files' digests; `holdout`
+               knobs and corpus digests) + the judge's fingerprint (zero-shot baseline)
     score      classifier fingerprint + candidates digest
     keep       keep_threshold/keep_fraction + scores digest + candidates digest
 
@@ -89,14 +94,31 @@ def pool_docs(fc) -> Optional[int]:
     return min(limits) if limits else None
 
 
+def labels(cfg, kind: str) -> tuple[dict, dict]:
+    """(config, inputs) of the label source: `llm` (the judge alone) or reference passages
+    (`reference`, `union`: the reference knobs, the web heuristics that pick passages and
+    the reference corpora's digests). Only the web path has reference labels."""
+    fc = cfg.filter
+    source = fc.label_source if kind == "web" else "llm"
+    if source == "llm":
+        return {"label_source": "llm"}, {}
+    conf = {"label_source": source, "n_reference": fc.n_reference,
+            "passages": _pick(fc, ("reference_corpus", "text_field") + PREFILTER_KNOBS["web"][1:])}
+    return conf, {"reference": {s: corpus_identity(s, cfg.run.data_dir) for s in fc.reference_corpus}}
+
+
 def annotate(cfg, kind: str, candidates_digest: str) -> tuple[Fingerprint, Fingerprint]:
-    """(the annotate step's fingerprint: the judge's plus the sample's, the judge's)."""
+    """(the annotate step's fingerprint: the judge's (unless no judge labels: `reference`),
+    the label source's and the sample's; the judge's)."""
     judge = annotator(cfg, kind)
+    label_conf, label_inputs = labels(cfg, kind)
+    asks_judge = label_conf["label_source"] != "reference"
     fp = Fingerprint.of(
-        config={"annotator": judge.config, "sample": {
-            "n_annotate": cfg.filter.n_annotate, "pool_docs": pool_docs(cfg.filter),
-            "seed": cfg.run.seed}},
-        inputs={**judge.inputs, "candidates": candidates_digest})
+        config={"annotator": judge.config if asks_judge else None, "labels": label_conf,
+                "sample": {"n_annotate": cfg.filter.n_annotate, "pool_docs": pool_docs(cfg.filter),
+                           "seed": cfg.run.seed}},
+        inputs={**(judge.inputs if asks_judge else {}), **label_inputs,
+                "candidates": candidates_digest})
     return fp, judge
 
 
@@ -108,11 +130,26 @@ def classifier(cfg, kind: str, annotations_digest: str) -> Fingerprint:
     head = {"head": fc.classifier}
     if fc.classifier == "random_forest":  # ridge has neither trees nor randomness
         head.update(n_estimators=fc.n_estimators, seed=cfg.run.seed)
+    if fc.classifier == "fasttext":  # reads the text: no embedder; binary at label_threshold
+        head.update(_pick(fc, ("fasttext_word_ngrams", "fasttext_dim", "fasttext_epoch",
+                               "fasttext_lr", "fasttext_bucket", "label_threshold")), seed=cfg.run.seed)
+        return Fingerprint.of(config={"kind": kind, "classifier": head},
+                              inputs={"fasttext": fasttext_version(),
+                                      "annotations": annotations_digest})
     return Fingerprint.of(
         config={"kind": kind, "classifier": head, "embedder": fc.embedder,
                 "embed_max_tokens": fc.embed_max_tokens},
         inputs={"embedder": embedder_identity(fc.embedder, cfg.run_dir),
                 "annotations": annotations_digest})
+
+
+def fasttext_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"fasttext-community-{version('fasttext-community')}"
+    except PackageNotFoundError:
+        return "fasttext-community-missing"
 
 
 def train(cfg, kind: str, annotations_digest: str) -> tuple[Fingerprint, Fingerprint]:
@@ -132,3 +169,25 @@ def score(classifier_key: str, candidates_digest: str) -> Fingerprint:
 def keep(cfg, scores_digest: str, candidates_digest: str) -> Fingerprint:
     return Fingerprint.of(config={"filter": _pick(cfg.filter, ("keep_threshold", "keep_fraction"))},
                           inputs={"scores": scores_digest, "candidates": candidates_digest})
+
+
+def evaluate(cfg, classifier_key: str, keep_threshold: float) -> Fingerprint:
+    """The eval report: the classifier, the keep threshold, each eval set's content (a file's
+    digest; `holdout`'s knobs and corpora) and, for the zero-shot baseline, the judge."""
+    fc, data_dir = cfg.filter, cfg.run.data_dir
+    sets = {}
+    for name in fc.eval_sets:
+        if name == "holdout":
+            sets[name] = {"knobs": _pick(fc, ("eval_positive_corpus", "eval_negative_corpus",
+                                              "eval_per_class", "text_field")
+                                         + PREFILTER_KNOBS["web"][1:]),
+                          "corpora": {s: corpus_identity(s, data_dir)
+                                      for s in fc.eval_positive_corpus + fc.eval_negative_corpus}}
+        else:
+            sets[name] = corpus_identity(name, data_dir)
+    judge = annotator(cfg, "web") if fc.eval_judge_docs else None
+    return Fingerprint.of(
+        config={"classifier": classifier_key, "keep_threshold": keep_threshold,
+                "label_threshold": fc.label_threshold, "eval_judge_docs": fc.eval_judge_docs,
+                "seed": cfg.run.seed, "judge": judge.config if judge else None},
+        inputs={"eval_sets": sets, **({"judge": judge.inputs} if judge else {})})

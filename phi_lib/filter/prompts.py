@@ -63,10 +63,23 @@ The code:
 
 Conclude with the score using the format: "Educational score: <total points>\""""
 
+WEB_PROMPT_YESNO = """Here is an extract from a web page:
+{text}
+
+Question: Is this extract educational for a student, like a page of a textbook or a tutorial? Answer Yes or No."""
+
+CODE_PROMPT_YESNO = """Here is a source file:
+{text}
+
+Question: Is this file educational for a student whose goal is to learn basic coding concepts? Answer Yes or No."""
+
 PROMPTS = {("web", "full"): WEB_PROMPT, ("code", "full"): CODE_PROMPT,
-           ("web", "short"): WEB_PROMPT_SHORT, ("code", "short"): CODE_PROMPT_SHORT}
+           ("web", "short"): WEB_PROMPT_SHORT, ("code", "short"): CODE_PROMPT_SHORT,
+           ("web", "yesno"): WEB_PROMPT_YESNO, ("code", "yesno"): CODE_PROMPT_YESNO}
 ANSWER_PREFIX = "\n\nEducational score:"
 """Appended in `completion` format: the judge's next token is the score."""
+YESNO_PREFIX = "\nAnswer:"
+"""The `yesno` rubric's answer line: the next token is Yes or No."""
 
 
 def annotation_prompt(text: str, kind: str, max_chars: int, rubric: str = "full",
@@ -79,9 +92,11 @@ def annotation_prompt(text: str, kind: str, max_chars: int, rubric: str = "full"
     """
     if (kind, rubric) not in PROMPTS:
         raise ValueError(f"annotation prompt ({kind!r}, {rubric!r}): expected kind web/code "
-                         f"and rubric full/short")
+                         f"and rubric full/short/yesno")
     prompt = PROMPTS[(kind, rubric)].format(text=text[:max_chars])
-    return prompt + ANSWER_PREFIX if completion else prompt
+    if not completion:
+        return prompt
+    return prompt + (YESNO_PREFIX if rubric == "yesno" else ANSWER_PREFIX)
 
 
 @dataclass
@@ -157,3 +172,25 @@ def logprob_score(top_logprobs: Optional[list[dict[str, float]]], reply: str,
     if total <= 0:
         return None
     return sum(d * p for d, p in probs.items()) / total
+
+
+def yesno_score(reply: Optional[str], top_logprobs: Optional[list[dict[str, float]]],
+                error: Optional[str] = None) -> tuple[ParsedScore, Optional[float]]:
+    """The `yesno` rubric's (written score: Yes = 5, No = 0; 5 x P(Yes) / (P(Yes) + P(No))
+    over the first answer token's alternatives, None when neither is among them)."""
+    if error:
+        return ParsedScore(None, "error"), None
+    word = (reply or "").strip().split()
+    first = word[0].strip(".,!:;\"'").lower() if word else ""
+    parsed = (ParsedScore(float(MAX_SCORE), "ok") if first == "yes" else
+              ParsedScore(0.0, "ok") if first == "no" else
+              ParsedScore(None, "empty" if not word else "no_score"))
+    if not top_logprobs:
+        return parsed, None
+    p = {"yes": 0.0, "no": 0.0}
+    for tok, lp in top_logprobs[0].items():
+        t = tok.strip().lower()
+        if t in p:
+            p[t] += math.exp(lp)
+    total = p["yes"] + p["no"]
+    return parsed, (MAX_SCORE * p["yes"] / total if total > 0 else None)

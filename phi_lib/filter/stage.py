@@ -1,4 +1,4 @@
-"""Stage 02: filter web and code by educational value, in five steps (phi_lib.filter.steps).
+"""Stage 02: filter web and code by educational value, in six steps (phi_lib.filter.steps).
 
     stage = FilterStage(cfg, out)
     stage.prefilter()    # heuristics, decontamination, MinHash dedup -> candidates/
@@ -6,10 +6,13 @@
     stage.train()        # a head on embeddings learns the labels     -> classifier/
     stage.score()        # the classifier scores every candidate      -> scored/
     stage.keep()         # the top scores                             -> kept/, kept_code/
+    stage.evaluate()     # the web filter on labelled eval sets       -> eval/, eval.json
     manifest = stage.write_manifest()
 
 Two paths run side by side: `web` (`filter.corpus`) and `code` (`filter.code_corpus`), each
-with its own prompt, classifier and output. A step reads the files of the one before and
+with its own prompt, classifier and output. The web labels come from the judge, from
+reference data (`label_source`, phi_lib.filter.reference) or both; `evaluate` says how good
+the web filter is on eval sets it never trained on (phi_lib.filter.evalset). A step reads the files of the one before and
 writes its own (phi_lib.filter.files); it is skipped while its fingerprint
 (phi_lib.filter.keys) matches the one it recorded, so a restarted kernel continues at any
 step and a changed knob recomputes only what it changes.
@@ -29,6 +32,8 @@ from phi_lib.stage_base import STEPS_DIR, BaseStage
 CACHE = ".cache"
 """Content-addressed caches (embeddings, the judge's requests): kept by `--force`."""
 FIGURES = ("classifier.png", "scores.png")
+EVAL_FIGURE = "eval.png"
+"""Drawn when there are eval sets."""
 
 
 class StepNotCurrent(RuntimeError):
@@ -43,7 +48,7 @@ class FilterStage(BaseStage):
         self.fc, self.progress = cfg.filter, progress
         self._embedder = None
         self._contam = None
-        self.figures = list(FIGURES)  # written by the plot cells; listed once they exist
+        self.figures = list(FIGURES) + ([EVAL_FIGURE] if self.evaluates() else [])  # the plot cells
         self._register_inputs()
 
     # ------------------------------------------------------------------ inputs
@@ -56,8 +61,9 @@ class FilterStage(BaseStage):
         return [self.fc.code_corpus] if self.fc.code_corpus else []
 
     def _register_inputs(self) -> None:
-        """The corpora (the interpreter's `stdlib` is known by its version, see keys) and
-        the benchmark files: the runner reruns the stage when one changes."""
+        """The corpora (the interpreter's `stdlib` is known by its version, see keys), the
+        benchmark files, the reference corpus and the eval sets: the runner reruns the stage
+        when one changes."""
         from phi_lib.corpora import STDLIB, resolve_corpus
         from phi_lib.decontaminate import benchmark_path
 
@@ -69,6 +75,14 @@ class FilterStage(BaseStage):
         for name in self.fc.decontaminate_against:
             self.inputs[f"benchmark:{name}"] = benchmark_path(name, data_dir,
                                                               "filter.decontaminate_against")
+        fc = self.fc
+        extra = list(fc.reference_corpus) if "web" in self.kinds() and fc.label_source != "llm" else []
+        if self.evaluates():
+            for name in fc.eval_sets:
+                extra += (list(fc.eval_positive_corpus) + list(fc.eval_negative_corpus)
+                          if name == "holdout" else [name])
+        for spec in dict.fromkeys(extra):  # reference passages and eval sets: data read too
+            self.inputs.setdefault(f"corpus:{spec}", resolve_corpus(spec, data_dir))
 
     @property
     def embedder(self):
@@ -158,6 +172,29 @@ class FilterStage(BaseStage):
         for kind in self.kinds():
             STEPS["keep"].run(self, kind)
         return STEPS["keep"].table(self)
+
+    def evaluates(self) -> bool:
+        return "web" in self.kinds() and bool(self.fc.eval_sets)
+
+    def evaluate(self, backend=None):
+        """The web classifier and its baselines (length, zero-shot judge, random) on each
+        `filter.eval_sets` set: AUC overall and within length quartiles, F1, calibration."""
+        if not self.evaluates():
+            shutil.rmtree(self.out / STEPS["evaluate"].EVAL_DIR, ignore_errors=True)
+            (self.out / "eval.json").unlink(missing_ok=True)
+            (self.out / STEPS_DIR / "evaluate_web.json").unlink(missing_ok=True)
+            return STEPS["evaluate"].table(self)
+        STEPS["evaluate"].run(self, "web", backend)
+        return STEPS["evaluate"].table(self)
+
+    def plot_eval(self):
+        """Calibration of the classifier and every scorer's AUC overall and per length quartile."""
+        from phi_lib.filter.plots import plot_eval
+
+        stats = self.current("evaluate", "web") if self.evaluates() else {}
+        fig = plot_eval(stats.get("eval") or {})
+        self.save_figure(fig, EVAL_FIGURE)
+        return fig
 
     def _forget_unconfigured(self) -> None:
         """A path no longer configured leaves nothing behind (no stale output or stats)."""
@@ -249,6 +286,8 @@ class FilterStage(BaseStage):
 
         for kind in self.kinds():
             self.current("keep", kind)  # every step current, else the manifest would mix configs
+        if self.evaluates():
+            self.current("evaluate", "web")
         stats = ReadStats()
         for kind in self.kinds():
             for what in (files.CANDIDATES, files.ANNOTATIONS, files.SCORED):

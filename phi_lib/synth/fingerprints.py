@@ -25,7 +25,9 @@ TOPIC_FIELDS = ("topics", "web_corpus", "web_extract_chars", "expand_topics_to")
 PROMPT_FIELDS = ("kinds", "audiences", "styles")
 GENERATION_FIELDS = ("backend", "sampling")
 FILTER_FIELDS = ("min_chars", "drop_truncated", "max_repeated_ngrams", "dedup_threshold",
-                 "decontaminate_ngram", "decontaminate_against", "check_exercises")
+                 "decontaminate_ngram", "decontaminate_against", "check_exercises",
+                 "decontaminate_code_against", "decontaminate_ast_threshold",
+                 "decontaminate_embedder", "decontaminate_embedding_threshold")
 
 
 def package_file_digest(name: str) -> str:

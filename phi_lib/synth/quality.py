@@ -99,12 +99,19 @@ class NearDuplicates:
         return self._index[kind].duplicate_of(key, text)
 
 
-def check_alone(records: list[dict], cfg: SynthConfig, benchmarks) -> None:
+def check_alone(records: list[dict], cfg: SynthConfig, benchmarks, code_benchmarks=None,
+                code_embedder=None) -> None:
     """Run every filter that judges a sample by itself (all but near-duplicates) on
     `records`, setting `drop_reason` (and `drop_detail`) on those that fail.
 
     `benchmarks`: a callable returning `phi_lib.decontaminate.BenchmarkNgrams` (built on first
-    use, only if some sample gets that far)."""
+    use, only if some sample gets that far); `code_benchmarks` one returning
+    `phi_lib.synth.code_decontam.CodeBenchmarks`: an exercise's program gets its best AST
+    match (`ast_match`; exact at or above 0.8, the table's lowest threshold, where pairs too
+    different in length are not compared), dropped as `contaminated_ast` at
+    `decontaminate_ast_threshold`; with `code_embedder` (a callable returning an Embedder)
+    also its nearest solution by embedding (`embedding_match`), dropped as
+    `contaminated_embedding` at `decontaminate_embedding_threshold`."""
     programs: dict[int, str] = {}
     for i, rec in enumerate(records):
         reason = (check_truncated(rec["finish_reason"], cfg) or check_length(rec["text"], cfg)
@@ -119,9 +126,25 @@ def check_alone(records: list[dict], cfg: SynthConfig, benchmarks) -> None:
             bench = benchmarks().match(rec["text"])
             if bench is not None:
                 reason, rec["drop_detail"] = "contaminated", bench
+        if reason is None and i in programs and code_benchmarks and cfg.decontaminate_code_against:
+            m = code_benchmarks().nearest(programs[i])
+            rec["ast_match"] = {"benchmark": m.benchmark, "rate": round(m.rate, 4)}
+            thr = cfg.decontaminate_ast_threshold
+            if thr is not None and m.rate >= thr:
+                reason, rec["drop_detail"] = "contaminated_ast", f"{m.benchmark} (match rate {m.rate:.3f})"
         if reason:
             rec["drop_reason"] = reason
             programs.pop(i, None)
+    if programs and code_benchmarks and code_embedder and cfg.decontaminate_code_against:
+        idx = sorted(programs)
+        thr = cfg.decontaminate_embedding_threshold
+        for i, m in zip(idx, code_benchmarks().embedding_nearest([programs[i] for i in idx],
+                                                                 code_embedder())):
+            records[i]["embedding_match"] = {"benchmark": m.benchmark, "similarity": round(m.rate, 4)}
+            if thr is not None and m.rate >= thr:
+                records[i]["drop_reason"] = "contaminated_embedding"
+                records[i]["drop_detail"] = f"{m.benchmark} (cosine {m.rate:.3f})"
+                programs.pop(i)
     if cfg.check_exercises and programs:
         idx = sorted(programs)
         for i, (reason, detail) in zip(idx, run_exercises([programs[i] for i in idx], cfg)):

@@ -80,7 +80,8 @@ class SynthStage(BaseStage):
         from phi_lib.paths import MissingDataError
 
         out = {}
-        for name in self.scfg.decontaminate_against:
+        for name in dict.fromkeys(list(self.scfg.decontaminate_against)
+                                  + list(self.scfg.decontaminate_code_against)):
             try:
                 out[name] = benchmark_path(name, self.cfg.run.data_dir, "synth.decontaminate_against")
             except MissingDataError:
@@ -207,6 +208,8 @@ class SynthStage(BaseStage):
             return kinds_table(self.step_stats("filter")["table"])
         with self.timed() as t:
             stats, bench = ReadStats(), _Lazy(lambda: self._benchmarks(flt))
+            bench.code = _Lazy(self._code_benchmarks)  # AST and embedding decontamination
+            bench.embedder = _Lazy(self._code_embedder)
             rows, counts, drops, metrics, reused = [], {}, {}, {}, 0
             for kind in KINDS:
                 if kind in self.scfg.kinds or any((d / kind).is_dir() for d in (
@@ -229,7 +232,8 @@ class SynthStage(BaseStage):
         samples = [dict(sample_record(r), filter_fingerprint=filter_key)
                    for r in read_generated(self.out, kind, stats)]
         reused = self._reuse_verdicts(kind, samples, filter_key)
-        quality.check_alone([r for r in samples if "_reused" not in r], self.scfg, bench)
+        quality.check_alone([r for r in samples if "_reused" not in r], self.scfg, bench,
+                            getattr(bench, "code", None), getattr(bench, "embedder", None))
         quality.drop_near_duplicates(samples, self.scfg.dedup_threshold)
         for r in samples:
             r.pop("_reused", None)
@@ -249,6 +253,17 @@ class SynthStage(BaseStage):
             data_dir=self.cfg.run.data_dir, key="synth.decontaminate_against",
             cache_dir=cache_dir() / "decontaminate" / digest(flt.inputs))
 
+    def _code_benchmarks(self):
+        from phi_lib.synth.code_decontam import CodeBenchmarks
+
+        return CodeBenchmarks.build(self.scfg.decontaminate_code_against, self.cfg.run.data_dir)
+
+    def _code_embedder(self):
+        from phi_lib.embed import get_embedder
+
+        return get_embedder(self.scfg.decontaminate_embedder, run_dir=self.cfg.run_dir,
+                            data_dir=self.cfg.run.data_dir)
+
     def _reuse_verdicts(self, kind: str, samples: list[dict], filter_key: str) -> int:
         """Copy the verdict of the alone-judging filters from the sample written last time
         when its completion and the filter settings are the same (marks them `_reused`)."""
@@ -265,6 +280,9 @@ class SynthStage(BaseStage):
                 r["drop_reason"] = p["drop_reason"]
                 if "drop_detail" in p:
                     r["drop_detail"] = p["drop_detail"]
+            for k in ("ast_match", "embedding_match"):
+                if k in p:
+                    r[k] = p[k]
             r["_reused"] = True
             n += 1
         return n
@@ -396,6 +414,12 @@ def kind_stats(kind: str, samples: list[dict], counts: dict, drops: dict, metric
             row[col] = row.get(col, 0) + 1
     row["kept tokens"] = sum(int(r.get("completion_tokens", 0)) for r in kept)
     counts[f"{kind}/generated"], counts[f"{kind}/kept"] = len(samples), len(kept)
+    rates = [r["ast_match"]["rate"] for r in samples if r.get("ast_match")]
+    if kind == "code_exercises":  # phi-1's table: what each AST match-rate threshold would prune
+        from phi_lib.synth.code_decontam import prune_table
+
+        counts[f"{kind}/ast_checked"] = len(rates)
+        counts.update({f"{kind}/ast_prune_at_{t}": n for t, n in prune_table(rates).items()})
     metrics[f"{kind}/tokens"] = row["kept tokens"]
     metrics[f"{kind}/chars"] = sum(len(r["text"]) for r in kept)
     return row

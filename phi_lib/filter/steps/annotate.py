@@ -6,6 +6,10 @@ phi_lib.filter.keys.annotator): a new model, rubric, prompt format, label source
 sampling relabels every sample; a sample that left (a smaller `n_annotate`) is removed.
 A backend error (status `error`) is not a result: it is counted, and asked again the next
 time the step runs (the step does not count as done while one remains).
+
+With `label_source` `reference` or `union` (web), the reference passages join the sample as
+positives (phi_lib.filter.reference); with `reference` the web sample is labelled 0 and the
+judge is not asked at all.
 """
 from __future__ import annotations
 
@@ -46,6 +50,32 @@ def sample(stage, kind: str) -> list[dict]:
     return sorted(chosen, key=lambda d: d["key"])
 
 
+def label_source(stage, kind: str) -> str:
+    return stage.fc.label_source if kind == "web" else "llm"
+
+
+def reference_set(stage, kind: str, docs: list[dict]) -> dict[str, dict]:
+    """Key -> fixed-label record: reference positives, and in `reference` mode the web
+    sample as negatives (empty for `llm`)."""
+    from phi_lib.filter.heuristics import web_blocks
+    from phi_lib.filter.reference import REFERENCE_LABEL, WEB_LABEL, reference_records, sample_passages
+
+    source = label_source(stage, kind)
+    if source == "llm":
+        return {}
+    fc = stage.fc
+    pos = sample_passages(fc.reference_corpus, fc.n_reference, stage.cfg.run.seed, web_blocks(fc),
+                          stage.cfg.run.data_dir, text_field=fc.text_field)
+    recs = list(reference_records(pos, REFERENCE_LABEL, REFERENCE))
+    if source == "reference":
+        recs += reference_records(docs, WEB_LABEL, REFERENCE)
+    return {r["key"]: r for r in recs}
+
+
+REFERENCE = "reference"
+"""`status` and `annotator` of a fixed-label record (reference positive or web negative)."""
+
+
 def run(stage, kind: str, backend=None) -> dict:
     """Annotate what is missing with `backend` (made from `filter.annotator` when needed)."""
     from phi_lib.filter.annotate import annotate
@@ -56,12 +86,22 @@ def run(stage, kind: str, backend=None) -> dict:
         return stage.step_stats(name)
     with stage.timed() as t:
         docs = sample(stage, kind)
-        texts = {d["key"]: d["text"] for d in docs}
-        stale = files.prune(stage.out, files.ANNOTATIONS, kind, shard_size=1000, keep=lambda r: (
-            r.get("annotator") == judge.key and texts.get(r["key"]) == r["text"]
-            and r["status"] != "error"))
+        fixed = reference_set(stage, kind, docs)
+        ask_judge = label_source(stage, kind) != "reference"
+        texts = {d["key"]: d["text"] for d in docs} if ask_judge else {}
+
+        def current(r) -> bool:
+            if r.get("annotator") == REFERENCE:
+                return fixed.get(r["key"]) == r
+            return (r.get("annotator") == judge.key and texts.get(r["key"]) == r["text"]
+                    and r["status"] != "error")
+
+        stale = files.prune(stage.out, files.ANNOTATIONS, kind, shard_size=1000, keep=current)
         w = files.writer(stage.out, files.ANNOTATIONS, kind, 1000)
-        todo = [d for d in docs if not w.has(d["key"])]
+        for key, rec in fixed.items():
+            if not w.has(key):
+                w.write(rec)
+        todo = [d for d in docs if ask_judge and not w.has(d["key"])]
         if todo:
             own = backend is None
             backend = backend or stage.annotator_backend()

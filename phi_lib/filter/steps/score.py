@@ -58,7 +58,7 @@ def run(stage, kind: str) -> dict:
 
 
 def _score_batch(stage, clf, clf_key: str, batch: list[dict], w, bar) -> int:
-    scores = clf.score_embeddings(stage.embedder.embed([d["text"] for d in batch]))
+    scores = clf.score_texts([d["text"] for d in batch])  # embeds through the stage's cache
     for d, s in zip(batch, scores):
         w.write({"key": d["key"], "score": round(float(s), 5), "classifier": clf_key})
     bar.update(len(batch))

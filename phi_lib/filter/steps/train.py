@@ -1,4 +1,5 @@
-"""Step 3, train: embed the labelled samples, fit the head, validate -> `classifier*/`.
+"""Step 3, train: embed the labelled samples (fastText reads the text), fit the head,
+validate -> `classifier*/`.
 
 The saved classifier carries the fingerprint of its training inputs (phi_lib.filter.keys
 .classifier: head knobs, embedder identity, annotations digest); the scores it gives carry
@@ -34,13 +35,23 @@ def run(stage, kind: str) -> dict:
             raise ValueError(f"filter: only {len(labelled)} of the {kind} annotations carry a score "
                              f"(statuses: {dict(Counter(r['status'] for r in recs))}); "
                              f"raise filter.n_annotate or use a stronger filter.annotator")
-        X = stage.embedder.embed([r["text"] for r in labelled])
         y = np.array([r["label"] for r in labelled], dtype=np.float32)
-        clf, report = train_classifier(
-            X, y, kind=fc.classifier, threshold=fc.label_threshold, val_fraction=fc.val_fraction,
-            seed=stage.cfg.run.seed, embedder_name=fc.embedder, embed_max_tokens=fc.embed_max_tokens,
-            n_estimators=fc.n_estimators, embedder=stage.embedder,
-            extra_meta={"kind": kind, "fingerprint": clf_fp.to_dict()})
+        meta = {"kind": kind, "fingerprint": clf_fp.to_dict()}
+        if fc.classifier == "fasttext":
+            from phi_lib.filter.fasttext_head import FastTextParams, train_fasttext
+
+            params = FastTextParams(word_ngrams=fc.fasttext_word_ngrams, dim=fc.fasttext_dim,
+                                    epoch=fc.fasttext_epoch, lr=fc.fasttext_lr, bucket=fc.fasttext_bucket,
+                                    seed=stage.cfg.run.seed)
+            clf, report = train_fasttext([r["text"] for r in labelled], y, threshold=fc.label_threshold,
+                                         val_fraction=fc.val_fraction, seed=stage.cfg.run.seed,
+                                         params=params, extra_meta=meta)
+        else:
+            X = stage.embedder.embed([r["text"] for r in labelled])
+            clf, report = train_classifier(
+                X, y, kind=fc.classifier, threshold=fc.label_threshold, val_fraction=fc.val_fraction,
+                seed=stage.cfg.run.seed, embedder_name=fc.embedder, embed_max_tokens=fc.embed_max_tokens,
+                n_estimators=fc.n_estimators, embedder=stage.embedder, extra_meta=meta)
         clf.save(stage.out / files.CLASSIFIER_DIR[kind])
     return stage.record(name, fingerprint=fp, seconds=t["seconds"],
                         metrics={f"{kind}/{k}": float(v) for k, v in report.metrics().items()},
