@@ -168,9 +168,15 @@ class ImageTextBatch:
         from phi_lib.model.phi3_vision import text_token_loss
 
         positions = (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        # logits only from the first position with a text target on (a caption after its image
+        # needs a few of the 32K-wide rows, not one per image token); the same loss
+        has_target = (self.input_ids[:, 1:] >= 0) & self.attention_mask[:, 1:].bool()   # (B, T-1)
+        first = int(has_target.any(0).float().argmax())
+        keep = self.input_ids.shape[1] - first
         logits = forward(self.input_ids, attention_mask=self.attention_mask, position_ids=positions,
-                         pixel_values=self.pixel_values, image_sizes=self.image_sizes)
-        return text_token_loss(logits, self.input_ids, self.attention_mask)
+                         pixel_values=self.pixel_values, image_sizes=self.image_sizes,
+                         logits_to_keep=keep)
+        return text_token_loss(logits, self.input_ids[:, -keep:], self.attention_mask[:, -keep:])
 
 
 class ImageTextDataset:
