@@ -399,9 +399,14 @@ class ImageTextConfig:
     paths are relative to its file's folder unless absolute. Empty = no image-text data."""
     num_crops: int = 16
     """HD crops per image (preprocessor_config.json: 16); sets each image's token count."""
+    weight: float = 1.0
+    """Share of stage 05's training micro-batches drawn from these records (a seeded draw per
+    micro-batch); the rest are the packed text windows of `mix.sources` (the report's
+    text-only data). 1 = image-text only. Validation uses the image-text records."""
 
     def check(self) -> None:
         _positive("num_crops", self.num_crops)
+        _fraction("weight", self.weight)
         for i, s in enumerate(self.sources):
             if not str(s).strip():
                 _fail(f"sources.{i}", "is empty: give a .jsonl path")

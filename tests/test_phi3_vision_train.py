@@ -138,3 +138,22 @@ def test_tiny_vision_trains_frozen_encoder_through_stage_05_reloads_and_generate
                             micro_batch_size=2, eval_batches=1, lr=3e-3, freeze_image_encoder=False)
     assert phase_fingerprint(cfg, "pretrain").changes(state["fingerprint"]) == []
     assert phase_fingerprint(unfrozen, "pretrain").changes(state["fingerprint"]) == ["train.freeze_image_encoder"]
+
+
+def test_mixed_stream_draws_both_kinds_and_resumes_exactly(vision_mix):
+    """`mix.image_text.weight` < 1: seeded rounds of image-text and packed text micro-batches;
+    a resume from a recorded sample continues the same stream."""
+    from phi_lib.data.image_text import MixedStream
+    from phi_lib.packed import PackedDataset
+
+    stream = MixedStream(ImageTextDataset(vision_mix, "train"), PackedDataset(vision_mix, "train"), 0.5)
+    full = list(zip(range(6), stream.iter_batches(1, seed=3)))
+    kinds = [isinstance(b, torch.Tensor) for _, (b, _) in full]
+    assert any(kinds) and not all(kinds), kinds
+    assert [s for _, (_, s) in full] == [1, 2, 3, 4, 5, 6]
+    resumed = [b for _, (b, _) in zip(range(3), stream.iter_batches(1, start_sample=3, seed=3))]
+    for (_, (want, _)), got in zip(full[3:], resumed):
+        assert torch.equal(want if torch.is_tensor(want) else want.input_ids,
+                           got if torch.is_tensor(got) else got.input_ids)
+    windows = [b for b in (b for _, (b, _) in full) if torch.is_tensor(b)]
+    assert windows[0].shape == (1, 384) and (windows[0] >= 0).all()  # text windows, no images

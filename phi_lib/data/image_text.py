@@ -5,7 +5,8 @@
        (Phi3VisionProcessor.expand: sizes only, no pixels), EOS appended        stage 03
     -> 03_mix/image_text/{train,val}.jsonl: {"record", "input_ids", "images"} + index.json
     -> micro-batches: the images through the processor, left-padded          stage 05
-       (ImageTextDataset.iter_batches, the PackedDataset interface)
+       (ImageTextDataset.iter_batches, the PackedDataset interface), a seeded
+       `mix.image_text.weight` share of them, the rest packed text windows (MixedStream)
 
 Streamed, not packed: a record is one training sequence (an image cut at a window edge would
 be meaningless), padded to the longest of its micro-batch. A record that cannot be used is a
@@ -130,6 +131,7 @@ def build_image_text(cfg, out: Path, fingerprint: dict) -> dict:
                 counts[f"{split}_tokens"] += len(ids)
                 counts["images"] += len(order)
     index = {"tokenizer": cfg.model.tokenizer, "num_crops": proc.num_crops, "seq_len": seq_len,
+             "weight": cfg.mix.image_text.weight,
              "pad_id": tok.pad_id, "vocab_size": len(tok), "counts": counts, "drops": drops,
              "dropped": dropped, "fingerprint": fingerprint}
     atomic_write_json(folder / INDEX, index)
@@ -239,3 +241,44 @@ class ImageTextDataset:
             batch = [record(p) for p in range(first, first + micro_batch_size)]
             sample += micro_batch_size * world
             yield self.batch(batch), sample
+
+
+class MixedStream:
+    """Training micro-batches from the image-text records (a `weight` share) and the packed
+    text windows (the rest): micro-batch round r is an image-text one iff a hash of (seed, r)
+    falls under `weight`, so the counts of each kind before any round, and with them a resume
+    from `start_sample`, follow from the round alone. Samples count sequences of both kinds."""
+
+    def __init__(self, images: ImageTextDataset, text, weight: float):
+        self.images, self.text, self.weight = images, text, weight
+        self.mix, self.mix_dir, self.seq_len = images.mix, images.mix_dir, images.seq_len
+
+    def __len__(self) -> int:
+        return len(self.images) + len(self.text)
+
+    def is_image_round(self, seed: int, r: int) -> bool:
+        h = hashlib.sha256(f"{seed}:{r}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2**64 < self.weight
+
+    def iter_batches(self, micro_batch_size: int, rank: int = 0, world: int = 1,
+                     start_sample: int = 0, seed: int = 0):
+        step = micro_batch_size * world
+        r = start_sample // step
+        n_image = sum(self.is_image_round(seed, i) for i in range(r))
+        images = self.images.iter_batches(micro_batch_size, rank, world, n_image * step, seed)
+        text = self.text.iter_batches(micro_batch_size, rank, world, (r - n_image) * step, seed)
+        while True:
+            batch, _ = next(images if self.is_image_round(seed, r) else text)
+            r += 1
+            yield batch, r * step
+
+
+def open_split(mix_dir: Path, split: str):
+    """Stage 05's reader of a phi-3-vision mixture split: the image-text records, mixed with
+    the packed text windows for training when `weight` < 1."""
+    images = ImageTextDataset(mix_dir, split)
+    if split == "train" and images.index.get("weight", 1.0) < 1:
+        from phi_lib.packed import PackedDataset
+
+        return MixedStream(images, PackedDataset(mix_dir, "train"), images.index["weight"])
+    return images

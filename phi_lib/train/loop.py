@@ -289,8 +289,9 @@ class Trainer:
 
 def training_data(mix_dir: Path, model):
     """The reader of a phase's data: the packed windows, or for phi-3-vision the image-text
-    records when stage 03 wrote them (`mix.image_text`), which a text model cannot use."""
-    from phi_lib.data.image_text import IMAGE_TEXT_DIR, INDEX, ImageTextDataset
+    records when stage 03 wrote them (`mix.image_text`, with a share of text windows when its
+    weight < 1), which a text model cannot use."""
+    from phi_lib.data.image_text import IMAGE_TEXT_DIR, INDEX, open_split
     from phi_lib.packed import PackedDataset
 
     if not (Path(mix_dir) / IMAGE_TEXT_DIR / INDEX).is_file():
@@ -298,7 +299,7 @@ def training_data(mix_dir: Path, model):
     if not hasattr(model, "freeze_image_encoder"):
         raise ValueError(f"{mix_dir / IMAGE_TEXT_DIR} holds image-text records (mix.image_text) but "
                          f"the model is {type(model).__name__}, not phi-3-vision (model.preset)")
-    return ImageTextDataset
+    return open_split
 
 
 def check_packed_data(ds, tokenizer: str, vocab_size: int) -> None:
