@@ -155,6 +155,35 @@ def test_reference_weights_load_into_ours(small_batch):
     torch.testing.assert_close(mine[real], theirs[real], rtol=0, atol=5 * TOL)
 
 
+def test_glb_sub_order_matches_the_reference(batch):
+    """The other HD layout (`embd_layer.hd_transform_order: glb_sub`, the reference's default):
+    the global view first, then glb_GN, then the tiled crops; features and logits as the
+    reference's, and not the published sub_glb layout's."""
+    torch.manual_seed(2)
+    ours = randomize(Phi3VisionForCausalLM(tiny(hd_transform_order="glb_sub", clip_num_hidden_layers=2))).eval()
+    ref = reference.reference_model(ours.config, ours.state_dict())
+    assert ref.model.vision_embed_tokens.hd_transform_order == "glb_sub"
+    mask = batch["attention_mask"]
+    (theirs_seen, h1), (mine_seen, h2) = capture_projector(ref), capture_projector(ours)
+    try:
+        with torch.no_grad():
+            theirs = ref_logits(ref, batch)
+            mine = ours(batch["input_ids"], attention_mask=mask, position_ids=positions(mask),
+                        pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"])
+            ours.config.hd_transform_order = "sub_glb"
+            published = ours.model.vision_embed_tokens.hd_transform(batch["pixel_values"],
+                                                                     batch["image_sizes"])
+    finally:
+        h1.remove(), h2.remove()
+    assert len(mine_seen) == len(published) == 3
+    for (ref_feat, _), (feat, _) in zip(theirs_seen, mine_seen):
+        torch.testing.assert_close(feat, ref_feat, rtol=0, atol=TOL)
+    # text.png at 2 crops (1 x 2) reorders; a 1-crop image's global view is its crop
+    assert (mine_seen[0][0] - published[0]).abs().max() > 0.1
+    real = mask.bool()
+    torch.testing.assert_close(mine[real], theirs[real], rtol=0, atol=5 * TOL)
+
+
 def test_text_only_prompts_and_missing_images():
     cfg = tiny(clip_num_hidden_layers=1)
     model = Phi3VisionForCausalLM(cfg).eval()
