@@ -376,3 +376,26 @@ def test_tiny_preset_trains_on_captions_and_its_checkpoint_reloads_and_generates
     out = back.generate(g["input_ids"], g["attention_mask"], **kw)
     assert out.shape == (2, g["input_ids"].shape[1] + 4) and (out[:, -4:] >= 0).all()
     assert torch.equal(out, model.generate(g["input_ids"], g["attention_mask"], **kw))
+
+
+def test_planner_flops_count_clip_per_crop_token_as_measured():
+    """The planner's FLOPs of the image side equal torch's FLOP counter on a real forward of
+    CLIP (eager attention, so that its matmuls are counted) and the projector, x3 for the
+    backward; per text token they are spread over the sequence, not charged per token."""
+    import dataclasses
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from phi_lib.model.planning import PLAN_CROPS_PER_SEQUENCE, flops_per_token, vision_flops_per_sequence
+    from phi_lib.model.phi3_vision import Phi3ImageEmbedding
+
+    cfg = Phi3VisionConfig.from_preset("phi3-vision-tiny")
+    emb = Phi3ImageEmbedding(cfg).eval()
+    emb.img_processor.set_attn_implementation("eager")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        emb.img_processor(torch.randn(2, 3, 336, 336))  # two crops
+        emb.img_projection(torch.randn(2 * cfg.image_token_count, 4 * cfg.clip_hidden_size))
+    assert 3 * counter.get_total_flops() == vision_flops_per_sequence(cfg, crops=2)
+    text_lm = PhiConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PhiConfig)})
+    assert flops_per_token(cfg, 4096) == pytest.approx(
+        flops_per_token(text_lm, 4096) + vision_flops_per_sequence(cfg, PLAN_CROPS_PER_SEQUENCE) / 4096)
