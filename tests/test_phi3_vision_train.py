@@ -77,6 +77,22 @@ def test_stage_03_writes_image_text_records_and_names_each_drop(vision_mix):
         training_data(vision_mix, torch.nn.Linear(1, 1))
 
 
+
+def test_image_text_fingerprint_follows_the_records_and_their_images(tmp_path):
+    """Stage 03's data fingerprint covers the record files and every image they name."""
+    from phi_lib.config import load
+    from phi_lib.data.image_text import content_key
+
+    records = write_records(tmp_path)
+    cfg = load({"run": {"name": "k", "output_root": str(tmp_path)}}, {"mix.image_text.sources": [str(records)]})
+    before = content_key(cfg)
+    assert content_key(cfg) == before
+    (tmp_path / "broken.png").write_bytes(b"other bytes")  # an image a record names
+    after_image = content_key(cfg)
+    records.write_text(records.read_text().replace("A cat.", "A cat on a chair."))
+    assert len({before, after_image, content_key(cfg)}) == 3
+
+
 def test_tiny_vision_trains_frozen_encoder_through_stage_05_reloads_and_generates(vision_mix, tmp_path):
     from phi_lib.model import PhiForCausalLM
     from phi_lib.model.phi3_vision import Phi3VisionForCausalLM

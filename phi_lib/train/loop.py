@@ -14,6 +14,9 @@ continuation), else it stops before any work with `StaleArtifact`: weights, opti
 schedule, loss scaler, RNG and data position, so the loss curve continues exactly, with the
 optimizer hyperparameters of the config (not the restored state's). Packed data made with
 another tokenizer, or with ids past the model's embedding, stops the phase before its first step.
+phi-3-vision with stage 03's image-text records (`mix.image_text`) trains on those (their images
+through the processor, the loss on text tokens), mixed with packed text windows by its weight;
+`train.freeze_image_encoder` keeps CLIP out of the optimizer.
 """
 from __future__ import annotations
 
