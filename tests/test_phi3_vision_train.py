@@ -154,6 +154,17 @@ def test_tiny_vision_trains_frozen_encoder_through_stage_05_reloads_and_generate
                             micro_batch_size=2, eval_batches=1, lr=3e-3, freeze_image_encoder=False)
     assert phase_fingerprint(cfg, "pretrain").changes(state["fingerprint"]) == []
     assert phase_fingerprint(unfrozen, "pretrain").changes(state["fingerprint"]) == ["train.freeze_image_encoder"]
+    # and training all puts CLIP into the optimizer (frozen: only the rest)
+    from phi_lib.train.optim import make_optimizer
+
+    def trained(c):
+        model = Trainer(c, out, log=lambda *_: None).build_model(None)
+        opt = make_optimizer(model, "adamw", 1e-3, [0.9, 0.98], 1e-8, 0.1)
+        ids = {id(p) for g in opt.param_groups for p in g["params"]}
+        return {n for n, p in model.named_parameters() if id(p) in ids}
+
+    names = {n for n, _ in initial.named_parameters()}
+    assert trained(unfrozen) == names and trained(cfg) == {n for n in names if not n.startswith(clip)}
 
 
 def test_mixed_stream_draws_both_kinds_and_resumes_exactly(vision_mix):
