@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from phi_lib.data.image_text import IMAGE_TEXT_DIR, ImageTextDataset
+from phi_lib.image_text import IMAGE_TEXT_DIR, ImageTextDataset
 from phi_lib.paths import data_path
 from phi_lib.train.launcher import prepare
 from phi_lib.train.loop import Trainer, training_data
@@ -170,7 +170,7 @@ def test_tiny_vision_trains_frozen_encoder_through_stage_05_reloads_and_generate
 def test_mixed_stream_draws_both_kinds_and_resumes_exactly(vision_mix):
     """`mix.image_text.weight` < 1: seeded rounds of image-text and packed text micro-batches;
     a resume from a recorded sample continues the same stream."""
-    from phi_lib.data.image_text import MixedStream
+    from phi_lib.image_text import MixedStream
     from phi_lib.packed import PackedDataset
 
     stream = MixedStream(ImageTextDataset(vision_mix, "train"), PackedDataset(vision_mix, "train"), 0.5)

@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 
 from phi_lib.config import Config
-from phi_lib.data.image_text import IMAGE_TEXT_DIR
+from phi_lib.image_text import IMAGE_TEXT_DIR
 from phi_lib.data.finetune import FINETUNE_SOURCE, finetune_config, is_mix_source
 from phi_lib.data.mixture import MixturePlan, plan_mixture
 from phi_lib.data.pack import train_order, val_order, write_split

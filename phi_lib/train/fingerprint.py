@@ -57,7 +57,7 @@ def packed_identity(mix_dir: Path) -> str:
 def image_text_identity(mix_dir: Path) -> Optional[str]:
     """Identity of stage 03's image-text records (their index, which carries the fingerprint
     of the records' files and images, and the split files), or None when there are none."""
-    from phi_lib.data.image_text import IMAGE_TEXT_DIR, INDEX
+    from phi_lib.image_text import IMAGE_TEXT_DIR, INDEX
 
     folder = Path(mix_dir) / IMAGE_TEXT_DIR
     if not (folder / INDEX).is_file():

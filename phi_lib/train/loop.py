@@ -294,7 +294,7 @@ def training_data(mix_dir: Path, model):
     """The reader of a phase's data: the packed windows, or for phi-3-vision the image-text
     records when stage 03 wrote them (`mix.image_text`, with a share of text windows when its
     weight < 1), which a text model cannot use."""
-    from phi_lib.data.image_text import IMAGE_TEXT_DIR, INDEX, open_split
+    from phi_lib.image_text import IMAGE_TEXT_DIR, INDEX, open_split
     from phi_lib.packed import PackedDataset
 
     if not (Path(mix_dir) / IMAGE_TEXT_DIR / INDEX).is_file():
