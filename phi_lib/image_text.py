@@ -7,7 +7,7 @@ is for the packed windows): `03_mix/image_text/`
     index.json               tokenizer, num_crops, seq_len, pad_id, vocab_size, weight, counts,
                              drops and the dropped records, the stage's data fingerprint
 
-Stage 05 streams the records: each micro-batch's images through the processor, the ids
+Stage 05 streams the records (read by byte offset when batched): each micro-batch's images through the processor, the ids
 left-padded (ImageTextDataset, PackedDataset's batching interface), a `weight` share of the
 micro-batches, the rest packed text windows (MixedStream). Writer: phi_lib/data/image_text.py.
 """
@@ -61,6 +61,17 @@ class ImageTextBatch:
         return text_token_loss(logits, self.input_ids[:, -keep:], self.attention_mask[:, -keep:])
 
 
+def line_offsets(path: Path) -> list[int]:
+    """Byte offset of each non-empty line of a .jsonl file."""
+    offsets, pos = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                offsets.append(pos)
+            pos += len(line)
+    return offsets
+
+
 class ImageTextDataset:
     """A split of `03_mix/image_text/` with PackedDataset's batching interface."""
 
@@ -68,15 +79,20 @@ class ImageTextDataset:
         self.mix_dir, self.folder = Path(mix_dir), Path(mix_dir) / IMAGE_TEXT_DIR
         self.index = read_json(self.folder / INDEX)
         self.mix = self.index  # check_packed_data reads `tokenizer` and `vocab_size`
-        path = self.folder / f"{split}.jsonl"
-        self.records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if not self.records:
-            raise FileNotFoundError(f"{path}: no {split} records")
+        self.path = self.folder / f"{split}.jsonl"
+        self.offsets = line_offsets(self.path)  # records are read when batched, not held
+        if not self.offsets:
+            raise FileNotFoundError(f"{self.path}: no {split} records")
         self.seq_len = self.index["seq_len"]
         self._processor = None
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.offsets)
+
+    def record(self, i: int) -> dict:
+        with open(self.path, "rb") as f:
+            f.seek(self.offsets[i])
+            return json.loads(f.readline())
 
     @property
     def processor(self):
@@ -106,7 +122,7 @@ class ImageTextDataset:
         resume at `start_sample` (global records consumed) continues it exactly."""
         import torch
 
-        n, sample = len(self.records), start_sample
+        n, sample = len(self), start_sample
         perms: dict[int, list[int]] = {}
 
         def record(position: int) -> dict:
@@ -114,7 +130,7 @@ class ImageTextDataset:
             if epoch not in perms:
                 perms.clear()  # at most the two epochs a batch can straddle
                 perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
-            return self.records[perms[epoch][i]]
+            return self.record(perms[epoch][i])
 
         while True:
             first = sample + rank * micro_batch_size
