@@ -7,9 +7,10 @@ is for the packed windows): `03_mix/image_text/`
     index.json               tokenizer, num_crops, seq_len, pad_id, vocab_size, weight, counts,
                              drops and the dropped records, the stage's data fingerprint
 
-Stage 05 streams the records (read by byte offset when batched): each micro-batch's images through the processor, the ids
-left-padded (ImageTextDataset, PackedDataset's batching interface), a `weight` share of the
-micro-batches, the rest packed text windows (MixedStream). Writer: phi_lib/data/image_text.py.
+Stage 05 streams the records (read by byte offset when batched): each micro-batch's images
+through the processor, the ids left-padded (ImageTextDataset, PackedDataset's batching
+interface), a `weight` share of the micro-batches, the rest packed text windows (MixedStream).
+Writer: phi_lib/data/image_text.py.
 """
 from __future__ import annotations
 
