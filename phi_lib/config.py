@@ -462,6 +462,31 @@ class MixFinetuneConfig:
 
 
 @dataclass
+class ImageTextConfig:
+    """Image-text records for phi-3-vision (`{"text" or "messages", "images": [paths]}`, one
+    JSON object a line): stage 03 expands each record's `<|image_k|>` tags to its image-token
+    ids (phi_lib/data/image_text.py) into `03_mix/image_text/`; stage 05 streams them with
+    their images through the processor."""
+
+    sources: list[str] = field(default_factory=list)
+    """`.jsonl` files of records (relative to the data folder unless absolute); a record's image
+    paths are relative to its file's folder unless absolute. Empty = no image-text data."""
+    num_crops: int = 16
+    """HD crops per image (preprocessor_config.json: 16); sets each image's token count."""
+    weight: float = 1.0
+    """Share of stage 05's training micro-batches drawn from these records (a seeded draw per
+    micro-batch); the rest are the packed text windows of `mix.sources` (the report's
+    text-only data). 1 = image-text only. Validation uses the image-text records."""
+
+    def check(self) -> None:
+        _positive("num_crops", self.num_crops)
+        _fraction("weight", self.weight)
+        for i, s in enumerate(self.sources):
+            if not str(s).strip():
+                _fail(f"sources.{i}", "is empty: give a .jsonl path")
+
+
+@dataclass
 class MixConfig:
     """Stage 03: mixture, tokenization and packing (phi-1.5 sec. 2)."""
 
@@ -486,6 +511,8 @@ class MixConfig:
     """Optional phase schedule (phi-3); empty = one phase with the source weights."""
     finetune: MixFinetuneConfig = field(default_factory=MixFinetuneConfig)
     """Optional finetune set packed beside the mixture (phi-1's CodeExercises)."""
+    image_text: ImageTextConfig = field(default_factory=ImageTextConfig)
+    """Optional image-text records (phi-3-vision's image-caption and interleaved data)."""
 
     def check(self) -> None:
         _positive("total_tokens", self.total_tokens)
@@ -756,6 +783,9 @@ class TrainConfig:
     A100-hours); empty = none published."""
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     """Optional finetune after pretraining (phi-1 CodeExercises)."""
+    freeze_image_encoder: bool = False
+    """phi-3-vision: keep the CLIP image encoder fixed and train the projector, separators and
+    language model (the usual first step); false = train all. Other models refuse true."""
 
     def check(self) -> None:
         _one_of("launcher", self.launcher, ("single", "deepspeed", "torchrun"))

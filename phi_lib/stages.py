@@ -103,7 +103,7 @@ STAGES: dict[str, Stage] = {s.number: s for s in (
     Stage("01", "synthesize", ("synth",), (), ("*/*.jsonl",)),
     Stage("02", "filter_web", ("filter",), (), ("kept/*.jsonl", "kept_code/*.jsonl")),
     Stage("03", "mix", ("mix", "model.tokenizer"), ("01", "02"),  # packs with the model's tokenizer
-          ("train/*", "val/*", "finetune/*", "mix.json")),
+          ("train/*", "val/*", "finetune/*", "image_text/*", "mix.json")),
     Stage("04", "model", ("model",), (), ("config.json",)),
     Stage("05", "train", ("train",), ("03", "04"),
           ("checkpoints/*/config.json", "checkpoints/*/*.safetensors", "selected.json")),

@@ -155,6 +155,35 @@ def test_reference_weights_load_into_ours(small_batch):
     torch.testing.assert_close(mine[real], theirs[real], rtol=0, atol=5 * TOL)
 
 
+def test_glb_sub_order_matches_the_reference(batch):
+    """The other HD layout (`embd_layer.hd_transform_order: glb_sub`, the reference's default):
+    the global view first, then glb_GN, then the tiled crops; features and logits as the
+    reference's, and not the published sub_glb layout's."""
+    torch.manual_seed(2)
+    ours = randomize(Phi3VisionForCausalLM(tiny(hd_transform_order="glb_sub", clip_num_hidden_layers=2))).eval()
+    ref = reference.reference_model(ours.config, ours.state_dict())
+    assert ref.model.vision_embed_tokens.hd_transform_order == "glb_sub"
+    mask = batch["attention_mask"]
+    (theirs_seen, h1), (mine_seen, h2) = capture_projector(ref), capture_projector(ours)
+    try:
+        with torch.no_grad():
+            theirs = ref_logits(ref, batch)
+            mine = ours(batch["input_ids"], attention_mask=mask, position_ids=positions(mask),
+                        pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"])
+            ours.config.hd_transform_order = "sub_glb"
+            published = ours.model.vision_embed_tokens.hd_transform(batch["pixel_values"],
+                                                                     batch["image_sizes"])
+    finally:
+        h1.remove(), h2.remove()
+    assert len(mine_seen) == len(published) == 3
+    for (ref_feat, _), (feat, _) in zip(theirs_seen, mine_seen):
+        torch.testing.assert_close(feat, ref_feat, rtol=0, atol=TOL)
+    # text.png at 2 crops (1 x 2) reorders; a 1-crop image's global view is its crop
+    assert (mine_seen[0][0] - published[0]).abs().max() > 0.1
+    real = mask.bool()
+    torch.testing.assert_close(mine[real], theirs[real], rtol=0, atol=5 * TOL)
+
+
 def test_text_only_prompts_and_missing_images():
     cfg = tiny(clip_num_hidden_layers=1)
     model = Phi3VisionForCausalLM(cfg).eval()
@@ -347,3 +376,26 @@ def test_tiny_preset_trains_on_captions_and_its_checkpoint_reloads_and_generates
     out = back.generate(g["input_ids"], g["attention_mask"], **kw)
     assert out.shape == (2, g["input_ids"].shape[1] + 4) and (out[:, -4:] >= 0).all()
     assert torch.equal(out, model.generate(g["input_ids"], g["attention_mask"], **kw))
+
+
+def test_planner_flops_count_clip_per_crop_token_as_measured():
+    """The planner's FLOPs of the image side equal torch's FLOP counter on a real forward of
+    CLIP (eager attention, so that its matmuls are counted) and the projector, x3 for the
+    backward; per text token they are spread over the sequence, not charged per token."""
+    import dataclasses
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from phi_lib.model.planning import PLAN_CROPS_PER_SEQUENCE, flops_per_token, vision_flops_per_sequence
+    from phi_lib.model.phi3_vision import Phi3ImageEmbedding
+
+    cfg = Phi3VisionConfig.from_preset("phi3-vision-tiny")
+    emb = Phi3ImageEmbedding(cfg).eval()
+    emb.img_processor.set_attn_implementation("eager")
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        emb.img_processor(torch.randn(2, 3, 336, 336))  # two crops
+        emb.img_projection(torch.randn(2 * cfg.image_token_count, 4 * cfg.clip_hidden_size))
+    assert 3 * counter.get_total_flops() == vision_flops_per_sequence(cfg, crops=2)
+    text_lm = PhiConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PhiConfig)})
+    assert flops_per_token(cfg, 4096) == pytest.approx(
+        flops_per_token(text_lm, 4096) + vision_flops_per_sequence(cfg, PLAN_CROPS_PER_SEQUENCE) / 4096)

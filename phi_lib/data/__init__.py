@@ -4,7 +4,8 @@
 
 Modules: `sources` (where documents come from), `tokenize` (resumable multi-process token
 caches), `mixture` (tokens and epochs per source), `pack` (windows and shards), `hf` (the
-packed output as a `datasets.Dataset`), `build` (the stage, step by step). The packed format
+packed output as a `datasets.Dataset`), `image_text` (phi-3-vision's image-text records; their
+format and reader: the top-level `phi_lib.image_text`), `build` (the stage, step by step). The packed format
 and its reader `PackedDataset` live in the top-level `phi_lib.packed` (stage 05 reads it).
 `tokenizer` (the phi tokenizers: codegen, phi-3-mini, phi-3-small) is shared with other stages.
 Names are imported lazily so `import phi_lib.data.tokenizer` stays light.

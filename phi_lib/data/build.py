@@ -31,6 +31,7 @@ from typing import Optional
 import numpy as np
 
 from phi_lib.config import Config
+from phi_lib.image_text import IMAGE_TEXT_DIR
 from phi_lib.data.finetune import FINETUNE_SOURCE, finetune_config, is_mix_source
 from phi_lib.data.mixture import MixturePlan, plan_mixture
 from phi_lib.data.pack import train_order, val_order, write_split
@@ -156,6 +157,7 @@ class MixBuilder(BaseStage):
         self.mc, self.progress = cfg.mix, progress
         self.mixtures: dict[str, Mixture] = {}
         """`main` (the mixture in `out/`) and, with `mix.finetune.source`, `finetune`."""
+        self._image_text_key: Optional[str] = None
         self.resolve()
 
     # ------------------------------------------------------------------ sources
@@ -194,6 +196,10 @@ class MixBuilder(BaseStage):
         tok = load_tokenizer(self.cfg.model.tokenizer, data_dir=data_dir)
         if not tok.source.startswith("hub:"):
             self.inputs["tokenizer"] = Path(tok.source)
+        if self.mc.image_text.sources:
+            from phi_lib.data.image_text import source_paths
+
+            self.inputs.update({f"image_text/{p.name}": p for p in source_paths(self.cfg)})
         return sources
 
     @property
@@ -213,6 +219,12 @@ class MixBuilder(BaseStage):
         (result-affecting `run`/`mix` fields, upstream outputs) plus every token cache's key."""
         fp = self.fingerprint
         caches = {f"tokens/{k}": v for k, v in self.cache_keys().items()}
+        if self.mc.image_text.sources:  # the records' files and the images they name
+            from phi_lib.data.image_text import content_key
+
+            if self._image_text_key is None:
+                self._image_text_key = content_key(self.cfg)
+            caches["image_text"] = self._image_text_key
         return Fingerprint.of(config=fp.config, inputs={**fp.inputs, **caches})
 
     # ------------------------------------------------------------------ steps
@@ -279,7 +291,7 @@ class MixBuilder(BaseStage):
         from phi_lib.data.tokenizer import load_tokenizer
 
         fp = self.data_fingerprint()
-        if self.step_current("pack", fp) and all(m.is_packed(fp.key) for m in self.mixtures.values()):
+        if self.step_current("pack", fp) and self._is_packed(fp.key):
             return self.splits_table()
         plans = self._plans()
         tok = load_tokenizer(self.cfg.model.tokenizer, data_dir=self.cfg.run.data_dir)
@@ -292,11 +304,21 @@ class MixBuilder(BaseStage):
                 ft = self.finetune.pack(self._tokenized("finetune"), plans["finetune"], fp.to_dict(),
                                         tok.eos_id, len(tok))
                 extra["finetune"] = self._finetune_summary(ft, plans["finetune"])
+            counts, drops = {}, {}
+            if self.mc.image_text.sources:  # before mix.json, which marks the folder complete
+                from phi_lib.data.image_text import build_image_text
+
+                index = build_image_text(self.cfg, self.out, fp.to_dict())
+                counts = {f"image_text/{k}": v for k, v in index["counts"].items()}
+                drops = {f"image_text/{k}": v for k, v in index["drops"].items()}
+                extra["image_text"] = {k: index[k] for k in ("num_crops", "counts", "drops")}
+            else:
+                shutil.rmtree(self.out / IMAGE_TEXT_DIR, ignore_errors=True)  # an earlier config's
             info = self.mixtures["main"].pack(self._tokenized("main"), plans["main"], fp.to_dict(),
                                               tok.eos_id, len(tok), extra)
         self.record("pack", fingerprint=fp, metrics=self._pack_metrics(info, plans["main"]),
-                    counts={f"{k}_windows": v["n_windows"] for k, v in info["splits"].items()},
-                    seconds=t["seconds"])
+                    counts={**{f"{k}_windows": v["n_windows"] for k, v in info["splits"].items()},
+                            **counts}, drops=drops, seconds=t["seconds"])
         return self.splits_table()
 
     def samples(self, n: int = 3, split: str = "train", chars: int = 400):
@@ -314,7 +336,7 @@ class MixBuilder(BaseStage):
 
     def write_manifest(self) -> dict:
         """The stage contract: every step's stats merged, the plot, the plan's warnings."""
-        if not all(m.is_packed(self.data_fingerprint().key) for m in self.mixtures.values()):
+        if not self._is_packed(self.data_fingerprint().key):
             raise RuntimeError(f"{self.out}: no current pack: run pack() first")
         if FIGURE not in self.figures:
             import matplotlib.pyplot as plt
@@ -340,6 +362,13 @@ class MixBuilder(BaseStage):
                              "windows": v["n_windows"], "tokens": v["n_tokens"], "documents": v["n_docs"],
                              "shards": len(shards), "dropped_tail_tokens": v["dropped_tail_tokens"]})
         return pd.DataFrame(rows).set_index("split")
+
+    def _is_packed(self, key: str) -> bool:
+        """Every mixture and the image-text set (if configured) written with fingerprint `key`."""
+        from phi_lib.data.image_text import is_current
+
+        return all(m.is_packed(key) for m in self.mixtures.values()) and (
+            not self.mc.image_text.sources or is_current(self.out, key))
 
     def _tokenized(self, label: str) -> dict[str, TokenizedSource]:
         """A mixture's token caches, tokenizing first unless every one is complete and current."""

@@ -198,6 +198,16 @@ class Phi3VisionProcessor:
         return Encoded(ids, pixel_values[[k - 1 for k in order]], sizes[[k - 1 for k in order]],
                        [counts[k - 1] for k in order])
 
+    def expand(self, record: dict, name: str = "record") -> tuple[list[int], list[int]]:
+        """(ids, image order) as `encode` gives them, from the images' sizes alone (each image
+        fully decoded, so a broken file fails here, but no pixel tensors): stage 03's form."""
+        text = record_text(record, name)
+        sizes = []
+        for source in record.get("images") or []:
+            width, height = hd_size(*open_image(source, name).size, self.num_crops)
+            sizes.append((height, width))
+        return self.prompt_ids(text, image_token_counts(sizes), name)
+
     def encode_records(self, records: Sequence[dict], names: Optional[Sequence[str]] = None):
         """(encoded good records, [(index, message)] of the bad ones): nothing else is lost."""
         good, bad = [], []

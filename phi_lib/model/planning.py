@@ -6,6 +6,8 @@ and the published counts of the real models.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from phi_lib.model.config import PhiConfig
 
 GB = 1024 ** 3
@@ -72,10 +74,30 @@ def flops_per_token(config: PhiConfig, seq_len: int) -> float:
     6 N for the matmuls over the N parameters a token passes through (all but the input
     embedding, which is a lookup), plus 12 L d T for attention scores and their weighted sum
     over a context of T (the PaLM appendix B formula; no credit for causal masking).
+    phi-3-vision: the image encoder and projector are counted per crop and image token
+    (`vision_flops_per_sequence`), not per text token, spread over the sequence's tokens.
     """
-    n = param_count(config)["non_embedding"]
+    counts = param_count(config)
+    n = counts["non_embedding"] - counts.get("vision", 0)
     attention = 12 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * seq_len
-    return 6.0 * n + attention
+    vision = vision_flops_per_sequence(config) / seq_len if "vision" in counts else 0.0
+    return 6.0 * n + attention + vision
+
+
+def vision_flops_per_sequence(config, crops: Optional[int] = None) -> float:
+    """phi-3-vision's image side per training sequence (forward + backward; the whole tower,
+    frozen or not, as MFU counts the model's work): CLIP over `crops` crops
+    (PLAN_CROPS_PER_SEQUENCE) of grid^2 + 1 tokens, its matmuls 6 N_layers per crop token
+    (the patch embedding 6 x 3 p^2 d per patch) plus 12 L d T attention over each crop's T
+    tokens, and the projector's 6 N per image token (crops x 144; separators left out)."""
+    crops = PLAN_CROPS_PER_SEQUENCE if crops is None else crops
+    d, i, layers = config.clip_hidden_size, config.clip_intermediate_size, config.clip_num_hidden_layers
+    grid, p, h = config.clip_image_size // config.clip_patch_size, config.clip_patch_size, config.hidden_size
+    t = grid * grid + 1
+    per_layer = 4 * d * d + 2 * d * i                            # q/k/v/out, fc1/fc2
+    clip = 6.0 * layers * per_layer * t + 12.0 * layers * d * t * t + 6.0 * 3 * p * p * d * grid * grid
+    projector = 6.0 * (4 * d * h + h * h) * config.image_token_count
+    return crops * (clip + projector)
 
 
 def memory_per_gpu(config: PhiConfig, zero_stage: int, precision: str, n_gpus: int,

@@ -26,6 +26,14 @@ def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].float().reshape(-1, vocab), input_ids[:, 1:].reshape(-1))
 
 
+def batch_loss(forward, batch) -> torch.Tensor:
+    """The loss of a micro-batch: packed ids (B, T) -> `lm_loss`; an image-text batch
+    (phi_lib.data.image_text.ImageTextBatch) computes its own (text tokens only)."""
+    if isinstance(batch, torch.Tensor):
+        return lm_loss(forward(batch), batch)
+    return batch.loss(forward)
+
+
 def save_hf(model: torch.nn.Module, folder: Path, state_dict: Optional[dict] = None) -> None:
     """config.json + model.safetensors in fp32, what transformers' from_pretrained reads.
 
@@ -67,12 +75,12 @@ class PlainEngine:
     def train(self, mode: bool = True) -> None:
         self.module.train(mode)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, **inputs) -> torch.Tensor:
         with self.autocast():
-            return self.module(input_ids)
+            return self.module(input_ids, **inputs)
 
-    def micro_step(self, input_ids: torch.Tensor) -> torch.Tensor:
-        loss = lm_loss(self.forward(input_ids), input_ids)
+    def micro_step(self, input_ids) -> torch.Tensor:
+        loss = batch_loss(self.forward, input_ids)
         self.scaler.scale(loss / self.accumulation).backward()
         return loss.detach()
 
@@ -142,11 +150,11 @@ class DeepSpeedEngine:
     def autocast(self):
         return contextlib.nullcontext()  # DeepSpeed casts the module itself
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.engine(input_ids)
+    def forward(self, input_ids: torch.Tensor, **inputs) -> torch.Tensor:
+        return self.engine(input_ids, **inputs)
 
-    def micro_step(self, input_ids: torch.Tensor) -> torch.Tensor:
-        loss = lm_loss(self.forward(input_ids), input_ids)
+    def micro_step(self, input_ids) -> torch.Tensor:
+        loss = batch_loss(self.forward, input_ids)
         self.engine.backward(loss)  # scales by 1 / gradient_accumulation_steps
         self.engine.step()  # updates only at the accumulation boundary
         return loss.detach()

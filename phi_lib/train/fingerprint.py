@@ -5,7 +5,7 @@ Every checkpoint's `trainer_state.json` holds the fingerprint of its phase:
 * config: the result-affecting `train` fields (of the pretraining; the finetune's also hold
   `train.finetune`), the `model` section and the seed;
 * inputs: the identity of the packed data it read (`data`, and `finetune_data` for the
-  finetune: :func:`packed_identity`) and of `train.init_from` (its weights' content digest).
+  finetune: :func:`packed_identity`; `image_text`, phi-3-vision's records, when stage 03 wrote them) and of `train.init_from` (its weights' content digest).
 
 Left out, because they change neither a checkpoint nor a metrics row: `train.keep_last`
 (which checkpoints stay on disk) and `train.finetune.select_by` (which one stage 06 uses), as
@@ -54,6 +54,17 @@ def packed_identity(mix_dir: Path) -> str:
     return digest(parts) if parts else "missing"
 
 
+def image_text_identity(mix_dir: Path) -> Optional[str]:
+    """Identity of stage 03's image-text records (their index, which carries the fingerprint
+    of the records' files and images, and the split files), or None when there are none."""
+    from phi_lib.image_text import IMAGE_TEXT_DIR, INDEX
+
+    folder = Path(mix_dir) / IMAGE_TEXT_DIR
+    if not (folder / INDEX).is_file():
+        return None
+    return digest({f.name: file_digest(f) for f in sorted(folder.glob("*.json*"))})
+
+
 def phase_fingerprint(cfg: Config, phase: str) -> Fingerprint:
     """The fingerprint a checkpoint of `phase` (`pretrain` or `finetune`) carries."""
     train = results_view(cfg.train)
@@ -63,6 +74,9 @@ def phase_fingerprint(cfg: Config, phase: str) -> Fingerprint:
     mix = STAGES["03"].dir(cfg)
     init = cfg.train.init_from
     inputs = {"data": packed_identity(mix), "init_from": model_identity(init) if init else None}
+    image_text = image_text_identity(mix)
+    if image_text is not None:  # phi-3-vision's records (absent from text runs' fingerprints)
+        inputs["image_text"] = image_text
     if phase == "finetune":
         train["finetune"] = finetune
         inputs["finetune_data"] = packed_identity(mix / FINETUNE_DIR)

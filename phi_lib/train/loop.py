@@ -14,6 +14,9 @@ continuation), else it stops before any work with `StaleArtifact`: weights, opti
 schedule, loss scaler, RNG and data position, so the loss curve continues exactly, with the
 optimizer hyperparameters of the config (not the restored state's). Packed data made with
 another tokenizer, or with ids past the model's embedding, stops the phase before its first step.
+phi-3-vision with stage 03's image-text records (`mix.image_text`) trains on those (their images
+through the processor, the loss on text tokens), mixed with packed text windows by its weight;
+`train.freeze_image_encoder` keeps CLIP out of the optimizer.
 """
 from __future__ import annotations
 
@@ -89,6 +92,11 @@ class Trainer:
                 state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
             model.load_state_dict(state)
         model.gradient_checkpointing_enable(self.tc.activation_checkpointing)
+        if self.tc.freeze_image_encoder:  # before the optimizer: it holds trainable weights only
+            if not hasattr(model, "freeze_image_encoder"):
+                raise ValueError(f"train.freeze_image_encoder: {type(model).__name__} has no image "
+                                 "encoder (only phi-3-vision presets do)")
+            model.freeze_image_encoder(True)
         return model.to(self.device)
 
     # ------------------------------------------------------------------ run
@@ -143,8 +151,6 @@ class Trainer:
         return engine, accumulation
 
     def train_phase(self, phase: Phase, resume: Optional[Path], state: Optional[dict]) -> None:
-        from phi_lib.packed import PackedDataset
-
         tc = self.tc
         engine, accumulation = self.build_engine(phase, resume)
         model = engine.module
@@ -157,10 +163,11 @@ class Trainer:
             self.log(f"[{phase.name}] starting at step {step + 1}"
                      + (f" from {phase.init_from}" if phase.init_from else " from random init"))
 
-        train_ds = PackedDataset(phase.data_dir, "train")
+        dataset = training_data(phase.data_dir, model)
+        train_ds = dataset(phase.data_dir, "train")
         check_packed_data(train_ds, self.cfg.model.tokenizer, model.config.vocab_size)
         try:
-            val_ds = PackedDataset(phase.data_dir, "val")
+            val_ds = dataset(phase.data_dir, "val")
         except FileNotFoundError:
             val_ds = None
         seq_len = train_ds.seq_len
@@ -168,7 +175,6 @@ class Trainer:
 
         fpt = flops_per_token(model.config, seq_len)
         peak = peak_tflops(self.device, tc.precision, tc.peak_tflops)
-        tokens_per_step = phase.global_batch_size * seq_len
         metrics = MetricsLog(self.out, resume_step=step, tensorboard=tc.tensorboard) \
             if self.rank == 0 else None
         self.log(f"[{phase.name}] {self.world} process(es) x micro {tc.micro_batch_size} x "
@@ -182,18 +188,21 @@ class Trainer:
         batches = train_ds.iter_batches(tc.micro_batch_size, self.rank, self.world,
                                         start_sample=sample, seed=self.seed)
         engine.train()
-        window_t0, window_steps, last_val, val_step = time.perf_counter(), 0, None, None
+        window_t0, window_steps, window_tokens = time.perf_counter(), 0, 0
+        last_val, val_step = None, None
         try:
             while step < phase.last_step:
                 step += 1
                 lr = engine.lr  # the lr this step's update uses
-                micro_losses = []
+                micro_losses, step_tokens = [], 0
                 for _ in range(accumulation):
                     input_ids, sample = next(batches)
+                    step_tokens += input_ids.numel() * self.world  # image-text: padding left out
                     micro_losses.append(engine.micro_step(input_ids.to(self.device, non_blocking=True)))
                 info = engine.finish_step()
                 loss = float(self.all_mean(torch.stack(micro_losses).mean().float().reshape(1)))
-                tokens += tokens_per_step
+                tokens += step_tokens
+                window_tokens += step_tokens
                 window_steps += 1
                 if not math.isfinite(loss):
                     raise NonFiniteLoss(step, loss, ckpt.latest(self.ckpt_root))
@@ -203,7 +212,7 @@ class Trainer:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize()
                     dt = time.perf_counter() - window_t0
-                    tps = window_steps * tokens_per_step / dt
+                    tps = window_tokens / dt
                     record = {"step": step, "phase": phase.name, "train_loss": loss,
                               "lr": lr,
                               "grad_norm": info["grad_norm"], "loss_scale": info["loss_scale"],
@@ -211,7 +220,7 @@ class Trainer:
                               "tokens_per_s": tps, "mfu": mfu(tps, fpt, peak, self.world),
                               "device": device_kind(self.device),  # what the MFU holds for
                               "step_time_s": dt / window_steps}
-                    window_t0, window_steps = time.perf_counter(), 0
+                    window_t0, window_steps, window_tokens = time.perf_counter(), 0, 0
                 save = phase.saves_at(step)
                 if val_ds is not None and ((step - phase.offset) % tc.eval_every == 0 or end
                                            or (select and save)):
@@ -233,7 +242,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self, engine, val_ds) -> float:
         """Mean next-token loss over up to `eval_batches` micro-batches per rank of val."""
-        from phi_lib.train.engines import lm_loss
+        from phi_lib.train.engines import batch_loss
 
         mb = self.tc.micro_batch_size
         n = max(1, min(self.tc.eval_batches, len(val_ds) // (mb * self.world)))
@@ -241,7 +250,7 @@ class Trainer:
         total = torch.zeros(1, dtype=torch.float64)
         for _, (input_ids, _) in zip(range(n), val_ds.iter_batches(mb, self.rank, self.world, seed=0)):
             input_ids = input_ids.to(self.device)
-            total += lm_loss(engine.forward(input_ids), input_ids).double().cpu()
+            total += batch_loss(engine.forward, input_ids).double().cpu()
         engine.train(True)
         return float(self.all_mean(total / n))
 
@@ -281,6 +290,21 @@ class Trainer:
             removed = ckpt.prune(self.ckpt_root, self.tc.keep_last, protect)
             self.log(f"saved {final}" + (f" (pruned {removed})" if removed else ""))
         self.barrier()
+
+
+def training_data(mix_dir: Path, model):
+    """The reader of a phase's data: the packed windows, or for phi-3-vision the image-text
+    records when stage 03 wrote them (`mix.image_text`, with a share of text windows when its
+    weight < 1), which a text model cannot use."""
+    from phi_lib.image_text import IMAGE_TEXT_DIR, INDEX, open_split
+    from phi_lib.packed import PackedDataset
+
+    if not (Path(mix_dir) / IMAGE_TEXT_DIR / INDEX).is_file():
+        return PackedDataset
+    if not hasattr(model, "freeze_image_encoder"):
+        raise ValueError(f"{mix_dir / IMAGE_TEXT_DIR} holds image-text records (mix.image_text) but "
+                         f"the model is {type(model).__name__}, not phi-3-vision (model.preset)")
+    return open_split
 
 
 def check_packed_data(ds, tokenizer: str, vocab_size: int) -> None:
