@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from phi_lib.paths import data_path
 
-PACKAGE = "phi3_small_reference"
+PACKAGE = "ms_phi3_small"  # not this module's own name: the package replaces no module in sys.modules
 
 
 def reference_dir() -> Path | None:

@@ -31,7 +31,7 @@ import torch
 
 from phi_lib.paths import data_path
 
-PACKAGE = "phi3_vision_reference"
+PACKAGE = "ms_phi3_vision"  # not this module's own name: the package replaces no module in sys.modules
 
 
 def reference_dir() -> Path | None:
