@@ -24,21 +24,12 @@ def sample_passages(specs: list[str], n: int, seed, blocks, data_dir, stats=None
     """A seeded uniform sample of `n` passages of `specs` that `blocks` keep (one pass)."""
     from phi_lib.corpora import iter_documents
     from phi_lib.filter.heuristics import first_drop_reason
+    from phi_lib.filter.reservoir import reservoir
 
-    rng = random.Random(f"{seed}-reference")
-    chosen: list[dict] = []
-    seen = 0
-    for doc in iter_documents(specs, text_field=text_field, stats=stats, data_dir=data_dir,
-                              code=False):
-        if first_drop_reason(blocks, doc["text"]) is not None:
-            continue
-        if len(chosen) < n:
-            chosen.append(doc)
-        else:
-            j = rng.randint(0, seen)
-            if j < n:
-                chosen[j] = doc
-        seen += 1
+    docs = (doc for doc in iter_documents(specs, text_field=text_field, stats=stats,
+                                          data_dir=data_dir, code=False)
+            if first_drop_reason(blocks, doc["text"]) is None)
+    chosen = reservoir(docs, n, random.Random(f"{seed}-reference"))
     return sorted(chosen, key=lambda d: f"{d['corpus']}/{d['id']}")
 
 

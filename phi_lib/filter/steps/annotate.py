@@ -20,6 +20,7 @@ from collections import Counter
 import numpy as np
 
 from phi_lib.filter import files, keys
+from phi_lib.filter.reservoir import reservoir
 from phi_lib.provenance import Fingerprint
 
 LABEL_FIELDS = ("key", "text", "label")
@@ -34,19 +35,9 @@ def sample(stage, kind: str) -> list[dict]:
     """A seeded uniform sample of `n_annotate` candidates of the pool (the first
     `annotate_pool_docs` documents of each corpus); reservoir: one streaming pass."""
     n, pool = stage.fc.n_annotate, keys.pool_docs(stage.fc)
-    rng = random.Random(f"{stage.cfg.run.seed}-annotate-{kind}")
-    chosen: list[dict] = []
-    seen = 0
-    for doc in files.read(stage.out, files.CANDIDATES, kind):
-        if pool is not None and doc["pos"] >= pool:
-            continue
-        if len(chosen) < n:
-            chosen.append(doc)
-        else:
-            j = rng.randint(0, seen)
-            if j < n:
-                chosen[j] = doc
-        seen += 1
+    docs = (doc for doc in files.read(stage.out, files.CANDIDATES, kind)
+            if pool is None or doc["pos"] < pool)
+    chosen = reservoir(docs, n, random.Random(f"{stage.cfg.run.seed}-annotate-{kind}"))
     return sorted(chosen, key=lambda d: d["key"])
 
 
