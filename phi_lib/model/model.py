@@ -55,7 +55,56 @@ class PhiModel(nn.Module):
         return self.final_layernorm(x) if self.config.arch == "phi" else self.norm(x)
 
 
-class PhiForCausalLM(nn.Module):
+class CausalLM(nn.Module):
+    """What every causal LM of ours offers beside `forward` (phi/phi-3, phi-3-small, phi-3-vision):
+    a subclass sets `config_class` and builds `self.model` (with `embed_tokens`) and `self.lm_head`."""
+
+    config_class = PhiConfig
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.model.embed_tokens.weight.numel() if exclude_embeddings else n
+
+    def gradient_checkpointing_enable(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass (activation memory ~ one block)."""
+        self.model.gradient_checkpointing = enable
+
+    def new_cache(self, max_length: Optional[int] = None) -> KVCache:
+        return KVCache(self.config.num_hidden_layers, max_length=max_length)
+
+    def generate(self, input_ids, attention_mask=None, **kwargs: Any) -> torch.Tensor:
+        """Sampled or greedy continuation with a KV cache; see `phi_lib.model.generate.generate`."""
+        from phi_lib.model.generate import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs)
+
+    def save_pretrained(self, directory: Union[str, Path], **kwargs: Any) -> Path:
+        """Write a Hugging Face checkpoint (config.json + model.safetensors)."""
+        from phi_lib.model.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: Union[str, Path], **kwargs: Any) -> "CausalLM":
+        """Load a Hugging Face checkpoint of this family: a local dir (ours or transformers') or a hub name."""
+        from phi_lib.model.checkpoint import from_pretrained
+
+        return from_pretrained(cls, name_or_dir, **kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "CausalLM":
+        return cls(cls.config_class.from_preset(name, **overrides))
+
+
+class PhiForCausalLM(CausalLM):
     """A phi language model: `model(input_ids) -> logits (B, T, vocab)`."""
 
     def __init__(self, config: PhiConfig):
@@ -134,47 +183,4 @@ class PhiForCausalLM(nn.Module):
         mask = build_mask(t, past + t, x.device, key_padding=attention_mask,
                           document_ids=document_ids, sliding_window=self.config.sliding_window)
         return AttentionContext(impl, mask, cache, dropout_p)
-
-    # ------------------------------------------------------------------ conveniences
-    @property
-    def device(self) -> torch.device:
-        return self.lm_head.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
-
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.model.embed_tokens.weight.numel() if exclude_embeddings else n
-
-    def gradient_checkpointing_enable(self, enable: bool = True) -> None:
-        """Recompute each block in the backward pass (activation memory ~ one block)."""
-        self.model.gradient_checkpointing = enable
-
-    def new_cache(self, max_length: Optional[int] = None) -> KVCache:
-        return KVCache(self.config.num_hidden_layers, max_length=max_length)
-
-    def generate(self, input_ids, attention_mask=None, **kwargs: Any) -> torch.Tensor:
-        """Sampled or greedy continuation with a KV cache; see `phi_lib.model.generate.generate`."""
-        from phi_lib.model.generate import generate
-
-        return generate(self, input_ids, attention_mask, **kwargs)
-
-    def save_pretrained(self, directory: Union[str, Path], **kwargs: Any) -> Path:
-        """Write a Hugging Face checkpoint (config.json + model.safetensors)."""
-        from phi_lib.model.checkpoint import save_pretrained
-
-        return save_pretrained(self, directory, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir: Union[str, Path], **kwargs: Any) -> "PhiForCausalLM":
-        """Load a Hugging Face phi/phi3 checkpoint: a local dir (ours or transformers') or a hub name."""
-        from phi_lib.model.checkpoint import from_pretrained
-
-        return from_pretrained(cls, name_or_dir, **kwargs)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "PhiForCausalLM":
-        return cls(PhiConfig.from_preset(name, **overrides))
 

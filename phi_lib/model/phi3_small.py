@@ -25,8 +25,7 @@ implementation (the remote code, with its kernels replaced by plain PyTorch in t
 from __future__ import annotations
 
 import functools
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -34,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from phi_lib.model.attention import attend, build_mask, pick_implementation, positions_from_document_ids
 from phi_lib.model.cache import KVCache
+from phi_lib.model.model import CausalLM
 from phi_lib.model.phi3_small_config import (  # noqa: F401 - re-exported
     IMPLEMENTATIONS, MODEL_TYPE, PHI3_SMALL_DUMMY_IDS, PRESETS, Phi3SmallConfig)
 from phi_lib.model.rotary import RotaryEmbedding, apply_rotary
@@ -243,7 +243,7 @@ class Phi3SmallModel(nn.Module):
         self.gradient_checkpointing = False
 
 
-class Phi3SmallForCausalLM(nn.Module):
+class Phi3SmallForCausalLM(CausalLM):
     """Phi-3-small: `model(input_ids) -> logits (B, T, vocab)` in fp32, as the reference."""
 
     config_class = Phi3SmallConfig
@@ -329,44 +329,3 @@ class Phi3SmallForCausalLM(nn.Module):
             self._masked_ids[device] = torch.tensor(self.config.masked_token_ids, dtype=torch.long,
                                                     device=device)
         return self._masked_ids[device]
-
-    # ------------------------------------------------------------------ conveniences
-    @property
-    def device(self) -> torch.device:
-        return self.lm_head.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
-
-    def num_parameters(self, exclude_embeddings: bool = False) -> int:
-        n = sum(p.numel() for p in self.parameters())  # the tied head counts once
-        return n - self.model.embed_tokens.weight.numel() if exclude_embeddings else n
-
-    def gradient_checkpointing_enable(self, enable: bool = True) -> None:
-        self.model.gradient_checkpointing = enable
-
-    def new_cache(self, max_length: Optional[int] = None) -> KVCache:
-        return KVCache(self.config.num_hidden_layers, max_length=max_length)
-
-    def generate(self, input_ids, attention_mask=None, **kwargs: Any) -> torch.Tensor:
-        """Greedy or sampled continuation with a KV cache; see `phi_lib.model.generate.generate`."""
-        from phi_lib.model.generate import generate
-
-        return generate(self, input_ids, attention_mask, **kwargs)
-
-    def save_pretrained(self, directory: Union[str, Path], **kwargs: Any) -> Path:
-        """config.json + model.safetensors, as the published checkpoint (no lm_head: tied)."""
-        from phi_lib.model.checkpoint import save_pretrained
-
-        return save_pretrained(self, directory, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir: Union[str, Path], **kwargs: Any) -> "Phi3SmallForCausalLM":
-        from phi_lib.model.checkpoint import from_pretrained
-
-        return from_pretrained(cls, name_or_dir, **kwargs)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "Phi3SmallForCausalLM":
-        return cls(Phi3SmallConfig.from_preset(name, **overrides))
