@@ -83,8 +83,11 @@ def _drop_reason(message: str) -> str:
     return "bad_image_tags"
 
 
-def _is_val(line: str, seed: int, fraction: float) -> bool:
-    h = hashlib.sha256(f"{seed}:{line.strip()}".encode()).digest()
+def _is_val(rec: dict, seed: int, fraction: float) -> bool:
+    """The seeded draw on a record's content; its images by file name, so the split does not
+    depend on where the data folder lies."""
+    key = json.dumps({**rec, "images": [Path(p).name for p in rec["images"]]}, sort_keys=True)
+    h = hashlib.sha256(f"{seed}:{key}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64 < fraction
 
 
@@ -104,7 +107,7 @@ def build_image_text(cfg, out: Path, fingerprint: dict) -> dict:
     dropped: list[dict] = []
     with atomic_open(folder / "train.jsonl") as train, atomic_open(folder / "val.jsonl") as val:
         for path in source_paths(cfg):
-            for name, rec, line in read_records(path):
+            for name, rec, _ in read_records(path):
                 counts["records"] += 1
                 if rec is None:
                     reason, why = "corrupt_record", f"{name}: not a JSON object with an `images` list"
@@ -120,7 +123,7 @@ def build_image_text(cfg, out: Path, fingerprint: dict) -> dict:
                     drops[reason] += 1
                     dropped.append({"record": name, "reason": reason, "message": why})
                     continue
-                split = "val" if _is_val(line, seed, frac) else "train"
+                split = "val" if _is_val(rec, seed, frac) else "train"
                 (val if split == "val" else train).write(json.dumps(
                     {"record": name, "input_ids": ids, "images": [rec["images"][k - 1] for k in order]}) + "\n")
                 counts[split] += 1

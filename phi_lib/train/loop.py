@@ -168,8 +168,9 @@ class Trainer:
         check_packed_data(train_ds, self.cfg.model.tokenizer, model.config.vocab_size)
         try:
             val_ds = dataset(phase.data_dir, "val")
-        except FileNotFoundError:
+        except FileNotFoundError as e:
             val_ds = None
+            self.log(f"[{phase.name}] no validation split ({e}): val_loss is not measured")
         seq_len = train_ds.seq_len
         from phi_lib.model.planning import flops_per_token
 
