@@ -10,15 +10,13 @@ request goes to `scoring.loglikelihood`.
 """
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from phi_lib.scoring import (_cache_kwarg, _device, _output_cache, _select_cache, encode_pair,
-                             loglikelihood, tok_encode)
+from phi_lib.scoring import Forward, _cache_rows, _device, encode_pair, loglikelihood, tok_encode
 
 
 def loglikelihood_prefixed(model, tokenizer, requests: Sequence[tuple[str, str]],
@@ -71,8 +69,8 @@ def _score_on_prefix(model, prefix: list[int], pairs: list[tuple[list[int], list
     """The prefix runs once; then contexts that share a suffix run once (their choices are
     scored from one row of logits), `batch_size` suffixes per forward on the prefix's cache."""
     dev = _device(model)
-    first = model(torch.tensor([prefix], device=dev), use_cache=True)
-    cache = _output_cache(first)
+    fwd = Forward.of(model)
+    _, cache = fwd(torch.tensor([prefix], device=dev), use_cache=True)
     suffixes: dict[tuple, list[int]] = defaultdict(list)
     for k, (ctx, _) in enumerate(pairs):
         suffixes[tuple(ctx[len(prefix):])].append(k)
@@ -89,13 +87,13 @@ def _score_on_prefix(model, prefix: list[int], pairs: list[tuple[list[int], list
             ids[r, :len(t)] = torch.tensor(t)
             mask[r, n_p:n_p + len(t)] = 1
         pos = torch.arange(n_p, n_p + width).expand(len(chunk), width)
-        past = _select_cache(copy.deepcopy(cache), torch.zeros(len(chunk), dtype=torch.long,
-                                                                device=dev))
-        logits = model(ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                       use_cache=True, **{_cache_kwarg(model): past}).logits
+        past = _cache_rows(cache, torch.zeros(len(chunk), dtype=torch.long, device=dev))
+        states, _ = fwd(ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                        use_cache=True, past=past)
+        # the last row of each suffix predicts the choice: the output layer runs on those only
+        last = F.log_softmax(fwd.logits(torch.stack([states[r, len(t) - 1] for r, t in enumerate(chunk)])), -1)
         for r, t in enumerate(chunk):
-            lp = F.log_softmax(logits[r, len(t) - 1].float(), dim=-1)   # predicts the choice
-            best = int(lp.argmax())
+            lp, best = last[r], int(last[r].argmax())
             for k in suffixes[t]:
                 tok = pairs[k][1][0]
                 out[k] = (float(lp[tok]), best == tok)
