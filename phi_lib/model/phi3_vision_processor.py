@@ -16,6 +16,8 @@ tags is tokenized with a leading `<s>` (the tokenizer's post-processor, called p
 Microsoft's processor does), and each tag becomes `-k` repeated that image's token count.
 Records: `{"text" or "messages", "images": [paths or PIL images]}`; `encode_records` keeps the
 good ones of a batch and names each bad one (missing / unreadable image, tags without images).
+`encode_sft` gives a conversation's ids with labels on the assistant turns' tokens only (by
+character span: each turn's content and its `<|end|>`), for stage 08's SFT.
 """
 from __future__ import annotations
 

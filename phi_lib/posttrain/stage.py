@@ -206,7 +206,11 @@ class PosttrainStage(BaseStage):
         out = {}
         for name, src in srcs.items():
             if src.kind == "file":
-                files = sources.files(src, self.cfg.run.data_dir)
+                try:
+                    files = sources.files(src, self.cfg.run.data_dir)
+                except FileNotFoundError as e:  # name the key, not only the path
+                    raise type(e)(f"posttrain.{'sft_sources' if kind == 'sft' else 'preference.sources'}"
+                                  f".{name}.path: {e}") from None
                 for f in files:
                     self.inputs[f"{kind}/{name}/{f.name}"] = f
                 out[f"{kind}/{name}"] = paths_digest(files)
