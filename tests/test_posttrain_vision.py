@@ -158,6 +158,10 @@ def test_vision_sft_through_the_stage(tmp_path):
 
 def test_vision_settings_it_cannot_use_stop_before_work(tmp_path):
     stage, _ = stage_for(tmp_path)
+    stage.pc.sft_sources["vis"].path = str(tmp_path / "nowhere")  # files not brought: the key named
+    stage.prepare_base()
+    with pytest.raises(FileNotFoundError, match=r"posttrain\.sft_sources\.vis\.path: .*nowhere"):
+        stage.sft_data()
     stage.pc.sft.packing = True
     with pytest.raises(ValueError, match=r"posttrain\.sft\.packing"):
         stage.prepare_base()
@@ -186,15 +190,14 @@ def test_vision_sft_resumes_from_its_last_complete_checkpoint(tmp_path, capsys):
         j["args"].update(max_steps=4, save_steps=2)
         return j
 
-    reference = load_file(str(run(job(tmp_path / "a")) / "model.safetensors"))
-    b = tmp_path / "b"
-    run(job(b))
-    ckpt = b / "run" / "checkpoint-2"
+    a, b = tmp_path / "a", tmp_path / "b"
+    reference = load_file(str(run(job(a)) / "model.safetensors"))
+    ckpt = a / "run" / "checkpoint-2"
     assert json.loads((ckpt / "config.json").read_text())["model_type"] == "phi3_v"
     assert (ckpt / "trainer_state.json").is_file() and (ckpt / "optimizer.pt").is_file()
-    shutil.rmtree(b / "run" / "checkpoint-4")  # as if killed after checkpoint 2
-    (b / "run" / "checkpoint-3").mkdir()      # and one cut mid-save (no trainer state)
-    shutil.rmtree(b / "model")
+    # a run killed after checkpoint 2 (its files are the uninterrupted run's), one cut mid-save
+    shutil.copytree(ckpt, b / "run" / "checkpoint-2")
+    (b / "run" / "checkpoint-3").mkdir()
     resumed = load_file(str(run(job(b)) / "model.safetensors"))
     assert not (b / "run" / "checkpoint-3").exists()
     assert f"resuming sft from {b / 'run' / 'checkpoint-2'}" in capsys.readouterr().out
