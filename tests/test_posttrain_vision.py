@@ -134,6 +134,11 @@ def test_vision_sft_through_the_stage(tmp_path):
                          allowed_vocab=len(tok))
     assert out.shape == (1, g["input_ids"].shape[1] + 3) and (out[:, -3:] >= 0).all()
 
+    manifest = stage.write_manifest()  # the drops by reason, as the runner writes them
+    assert {k: v for k, v in manifest["drops"].items() if k.startswith("sft/")} == \
+        {"sft/vis/missing_image": 1, "sft/vis/bad_image_tags": 1}
+    assert manifest["counts"]["sft_conversations"] == 5 and "sft/vis/vision.jsonl" in manifest["inputs"]
+
     # DPO on a vision base stops before any work, naming the key
     with pytest.raises(ValueError, match=r"posttrain\.base_model=.*phi-3-vision.*DPO is not implemented"):
         stage.preference_data()
