@@ -211,3 +211,25 @@ def test_vision_sft_resumes_from_its_last_complete_checkpoint(tmp_path, capsys):
     assert set(resumed) == set(reference)
     for k in reference:
         assert torch.allclose(reference[k], resumed[k], atol=1e-6), k
+
+
+def test_a_text_base_counts_image_records_and_keeps_the_rest(tmp_path):
+    from phi_lib.io import read_jsonl
+    from phi_lib.posttrain.stage import PosttrainStage
+    from tests.posttrain_fixtures import tiny_model_dir
+
+    rows = write_jsonl(tmp_path / "chats" / "mixed.jsonl", [
+        {"messages": [{"role": "user", "content": ASK}, {"role": "assistant", "content": "A cat."}],
+         "images": [str(data_path("images") / "chelsea.png")]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hey"}],
+         "images": "chelsea.png"}])
+    cfg = load({"posttrain": {"base_model": str(tiny_model_dir(tmp_path / "tiny")),
+                              "sft_sources": {"m": {"path": str(rows), "weight": 1.0}}, "sft_examples": 2}},
+               {"run.output_root": str(tmp_path / "out")})
+    stage = PosttrainStage(cfg, log=lambda s: None)
+    stage.prepare_base()
+    stats = stage.sft_data()
+    assert stats["drops"] == {"sft/m/needs_vision_model": 1, "sft/m/malformed_images": 1}
+    assert {d["where"] for d in read_jsonl(stage.data / "sft_drops.jsonl")} == {"m/mixed.jsonl:1/0", f"{rows}:3"}
+    assert all("images" not in r for r in read_jsonl(stage.data / "sft.jsonl"))
