@@ -1057,7 +1057,9 @@ class ChatSourceConfig:
     """Record format: `messages` (`messages: [{role, content}]`), `instruction` (Alpaca:
     `instruction` + `input`/`output` or `instances`), `gsm8k` (`question`, `answer`), `hh_rlhf`
     (`chosen`/`rejected` dialogues in Anthropic's Human/Assistant format), `prompt_response`,
-    `pairs` (`prompt`, `chosen`, `rejected`), or `auto` (decided per record by its keys)."""
+    `pairs` (`prompt`, `chosen`, `rejected`), or `auto` (decided per record by its keys). An SFT
+    record may carry `images: [paths]` (relative to its file; `<|image_k|>` in the turns) for a
+    phi-3-vision base."""
     weight: float = 1.0
     """Share of `sft_examples` (SFT) or of `preference.pairs` (DPO) drawn from this source;
     the weights of a mixture sum to 1."""
@@ -1348,7 +1350,9 @@ class PosttrainConfig:
 
     base_model: str = "checkpoint"
     """Model to align: `checkpoint` (the last of stage 05), a checkpoint or HF dir, a hub
-    name, a `.gguf` file, or `smollm2`."""
+    name, a `.gguf` file, or `smollm2`. A phi-3-vision checkpoint is SFT-trained on image-text
+    conversations too (records with `images`; phi_lib/posttrain/vision.py); its DPO is not
+    implemented (the stage stops before it, naming this key)."""
     tokenizer: Optional[str] = None
     """Tokenizer (a folder of the data folder's `tokenizers/`, a path or a hub name); empty = the
     model's own, or for a stage-05 checkpoint (none saved) `mix.tokenizer`."""

@@ -58,11 +58,16 @@ def read_records(path: Path) -> Iterator[tuple[str, Optional[dict], str]]:
             except json.JSONDecodeError:
                 rec = None
             if isinstance(rec, dict) and isinstance(rec.get("images", []), list):
-                rec["images"] = [str(p if Path(p).is_absolute() else path.parent / p)
-                                 for p in rec.get("images") or []]
+                rec["images"] = absolute_images(rec.get("images") or [], path.parent)
             else:
                 rec = None
             yield name, rec, line
+
+
+def absolute_images(images: list, folder: Path) -> list[str]:
+    """A record's image paths, relative ones taken from the record file's folder (stage 08's
+    image-text conversations read them so too)."""
+    return [str(p if Path(p).is_absolute() else Path(folder) / p) for p in images]
 
 
 def content_key(cfg) -> str:
@@ -75,7 +80,8 @@ def content_key(cfg) -> str:
     return digest(parts)
 
 
-def _drop_reason(message: str) -> str:
+def drop_reason(message: str) -> str:
+    """The drop reason of an ImageRecordError's message."""
     if "not found" in message:
         return "missing_image"
     if "not a readable image" in message:
@@ -118,7 +124,7 @@ def build_image_text(cfg, out: Path, fingerprint: dict) -> dict:
                         reason = "too_long" if len(ids) > seq_len else None
                         why = f"{name}: {len(ids)} tokens > mix.seq_len={seq_len}"
                     except ImageRecordError as e:
-                        reason, why = _drop_reason(str(e)), str(e)
+                        reason, why = drop_reason(str(e)), str(e)
                 if reason is not None:
                     drops[reason] += 1
                     dropped.append({"record": name, "reason": reason, "message": why})

@@ -87,6 +87,12 @@ class PhiTokenizer:
         ids = self.backend.encode(text, add_special_tokens=False).ids
         return ids + [self.eos_id] if add_eos else ids
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """(ids, (start, end) character span of each token in `text`), as `encode` (for
+        masks by character span: stage 08's assistant-only labels)."""
+        enc = self.backend.encode(text, add_special_tokens=False)
+        return enc.ids, [tuple(o) for o in enc.offsets]
+
     def encode_batch(self, texts: Sequence[str], add_eos: bool = False) -> list[list[int]]:
         """Token ids of many texts at once (parallel in Rust unless TOKENIZERS_PARALLELISM=false)."""
         texts = list(texts)

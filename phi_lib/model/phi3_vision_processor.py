@@ -16,6 +16,8 @@ tags is tokenized with a leading `<s>` (the tokenizer's post-processor, called p
 Microsoft's processor does), and each tag becomes `-k` repeated that image's token count.
 Records: `{"text" or "messages", "images": [paths or PIL images]}`; `encode_records` keeps the
 good ones of a batch and names each bad one (missing / unreadable image, tags without images).
+`encode_sft` gives a conversation's ids with labels on the assistant turns' tokens only (by
+character span: each turn's content and its `<|end|>`), for stage 08's SFT.
 """
 from __future__ import annotations
 
@@ -173,6 +175,12 @@ class Phi3VisionProcessor:
 
     def prompt_ids(self, text: str, num_img_tokens: Sequence[int], record: str = "prompt") -> tuple[list[int], list[int]]:
         """(ids with each `<|image_k|>` expanded to -k x image k's count, the image order used)."""
+        ids, order, _ = self._expand(text, num_img_tokens, record)
+        return ids, order
+
+    def _expand(self, text: str, num_img_tokens: Sequence[int], record: str, offsets: bool = False):
+        """`prompt_ids`, and with `offsets` the start in `text` of each id's characters (-1 for
+        the `<s>` of each piece and for image tokens)."""
         tags = [int(k) for k in TAG.findall(text)]
         if sorted(set(tags)) != list(range(1, len(set(tags)) + 1)):
             raise ImageRecordError(f"{record}: image tags {sorted(set(tags))} must be <|image_1|> .. "
@@ -181,13 +189,23 @@ class Phi3VisionProcessor:
             raise ImageRecordError(f"{record}: {len(set(tags))} image tag(s) in the text but "
                                    f"{len(num_img_tokens)} image(s)")
         ids: list[int] = []
-        bos = self.tokenizer.bos_id
+        starts: list[int] = []
+        bos, pos = self.tokenizer.bos_id, 0
         for i, piece in enumerate(TAG.split(text)[::2]):  # split keeps the captured numbers
-            ids += [bos] + self.tokenizer.encode(piece)
+            if offsets:
+                piece_ids, spans = self.tokenizer.encode_with_offsets(piece)
+                starts += [-1] + [pos + a for a, _ in spans]
+            else:
+                piece_ids = self.tokenizer.encode(piece)
+            ids += [bos] + piece_ids
+            pos += len(piece)
             if i < len(tags):
-                ids += [-tags[i]] * num_img_tokens[tags[i] - 1]
+                n = num_img_tokens[tags[i] - 1]
+                ids += [-tags[i]] * n
+                starts += [-1] * n
+                pos += len(f"<|image_{tags[i]}|>")
         order = list(dict.fromkeys(tags))  # the model takes images in order of appearance
-        return ids, order
+        return ids, order, starts
 
     def encode(self, record: dict, name: str = "record") -> Encoded:
         """One record ({"text" | "messages", "images": [...]}) -> Encoded; ImageRecordError
@@ -207,6 +225,23 @@ class Phi3VisionProcessor:
             width, height = hd_size(*open_image(source, name).size, self.num_crops)
             sizes.append((height, width))
         return self.prompt_ids(text, image_token_counts(sizes), name)
+
+    def encode_sft(self, record: dict, name: str = "record") -> tuple[Encoded, list[int]]:
+        """A conversation record ({"messages", "images"}) -> (Encoded, labels): labels are the
+        ids of the assistant turns' tokens (content and `<|end|>`, as the training chat
+        template's `{% generation %}` span) and -100 elsewhere (system and user turns, role
+        headers, image tokens, the `<s>` of each piece)."""
+        messages = record.get("messages")
+        if not messages:
+            raise ImageRecordError(f"{name}: needs `messages`")
+        text, spans = conversation_text(messages)
+        pixel_values, sizes, counts = self.images(record.get("images") or [], name)
+        ids, order, starts = self._expand(text, counts, name, offsets=True)
+        labels = [i if s >= 0 and any(a <= s < b for a, b in spans) else -100
+                  for i, s in zip(ids, starts)]
+        enc = Encoded(ids, pixel_values[[k - 1 for k in order]], sizes[[k - 1 for k in order]],
+                      [counts[k - 1] for k in order])
+        return enc, labels
 
     def encode_records(self, records: Sequence[dict], names: Optional[Sequence[str]] = None):
         """(encoded good records, [(index, message)] of the bad ones): nothing else is lost."""
@@ -233,8 +268,21 @@ def record_text(record: dict, name: str) -> str:
     messages = record.get("messages")
     if not messages:
         raise ImageRecordError(f"{name}: needs `text` or `messages`")
-    out = "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in messages)
-    return out + ("<|assistant|>\n" if messages[-1]["role"] != "assistant" else "")
+    return conversation_text(messages)[0]
+
+
+def conversation_text(messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """(messages in the phi-3 chat format, a generation prompt after a last user turn; the
+    character span of each assistant turn's content and its `<|end|>`)."""
+    out, spans = "", []
+    for m in messages:
+        out += f"<|{m['role']}|>\n"
+        start = len(out)
+        out += f"{m['content']}<|end|>"
+        if m["role"] == "assistant":
+            spans.append((start, len(out)))
+        out += "\n"
+    return out + ("<|assistant|>\n" if messages[-1]["role"] != "assistant" else ""), spans
 
 
 def collate(encoded: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

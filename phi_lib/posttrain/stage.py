@@ -4,6 +4,7 @@
     stage.prepare_base()      # the model to align, with the tokenizer and chat template it trains with
     stage.sft_data()          # synthetic + files + datasets, mixed by weight -> data/sft.jsonl
     stage.train_sft()         # TRL SFTTrainer (assistant tokens only) -> sft/model/
+                              # (a phi-3-vision base: image-text conversations, posttrain/vision.py)
     stage.preference_data()   # file pairs + judged generated pairs -> data/pairs.jsonl
     stage.train_dpo()         # TRL DPOTrainer from the SFT model (its reference) -> dpo/model/
     stage.benchmarks(); stage.mt_bench(); stage.probes()   # base vs SFT vs DPO
@@ -24,7 +25,7 @@ from typing import Optional
 
 from phi_lib.config import BackendConfig
 from phi_lib.io import ReadStats, atomic_open, atomic_write_json, read_json, read_jsonl
-from phi_lib.posttrain import chat, launch, measure, mt_bench, pairs, records, sources, synthetic
+from phi_lib.posttrain import chat, launch, measure, mt_bench, pairs, records, sources, synthetic, vision
 from phi_lib.provenance import Fingerprint, file_digest, model_identity, paths_digest, results_view
 from phi_lib.stage_base import BaseStage
 
@@ -63,6 +64,13 @@ class PosttrainStage(BaseStage):
 
         if not pool:
             return pool
+        if phase == "sft" and self._vision():
+            return vision.fits(pool, drops, self._processor(), self.pc.sft.max_length)
+        if phase == "sft":  # a text model cannot learn from images: counted, not dropped silently
+            for rec in (r for r in pool if r.get("images")):
+                drops.add("needs_vision_model", f"{len(rec['images'])} image(s), but "
+                          f"posttrain.base_model={self.pc.base_model!r} is a text model", rec["id"])
+            pool = [r for r in pool if not r.get("images")]
         if getattr(self, "_base_tok", None) is None:
             self._base_tok = AutoTokenizer.from_pretrained(self.model_dir("base"))
         tok = self._base_tok
@@ -81,6 +89,20 @@ class PosttrainStage(BaseStage):
             else:
                 kept.append(rec)
         return kept
+
+    def _vision(self) -> bool:
+        """Whether the base is a phi-3-vision model (image-text SFT, `phi_lib.posttrain.vision`)."""
+        return vision.is_vision_model(self.model_dir("base"))
+
+    def _processor(self):
+        if getattr(self, "_proc", None) is None:
+            self._proc = vision.processor(self.model_dir("base"), self.cfg.mix.image_text.num_crops)
+        return self._proc
+
+    def _vision_inputs(self, rows) -> dict:
+        """What a vision SFT result also depends on: the crops per image and the images' content."""
+        return {"mix.image_text.num_crops": self.cfg.mix.image_text.num_crops,
+                "images": vision.images_digest(rows)}
 
     def _template(self) -> str:
         stats = self.step_stats("prepare_base")
@@ -112,11 +134,16 @@ class PosttrainStage(BaseStage):
                       {"base": model_identity(resolved if Path(resolved).exists() else None, resolved),
                        "tokenizer": model_identity(tok_src if Path(tok_src).exists() else None, tok_src)})
         dest = self.model_dir("base")
+        is_vision = Path(resolved).is_dir() and vision.is_vision_model(resolved)
         if self.step_current("prepare_base", fp) and (dest / "config.json").is_file():
+            if is_vision:  # settings it cannot use stop the stage before any work
+                vision.check_settings(pc, self.step_stats("prepare_base")["template"])
             return self.step_stats("prepare_base")
         with self.timed() as t:
             tok = AutoTokenizer.from_pretrained(tok_src)
             name = chat.resolve(tok, pc.chat_template)
+            if is_vision:
+                vision.check_settings(pc, name)
             chat.install(tok, name)
             tmp = dest.with_name(".model.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -146,10 +173,11 @@ class PosttrainStage(BaseStage):
         pc, data_dir = self.pc, self.cfg.run.data_dir
         file_inputs = self._register("sft", pc.sft_sources)
         synth_fp = self._synthetic_fp()
+        extra = self._vision_inputs(self._source_images(pc.sft_sources)) if self._vision() else {}
         fp = self._fp({"posttrain": {"sft_sources": results_view(pc.sft_sources),
                                      "sft_examples": pc.sft_examples,
                                      "sft.max_length": pc.sft.max_length}},
-                      {**file_inputs, "base": self._base_key(),
+                      {**file_inputs, "base": self._base_key(), **extra,
                        **({"synthetic": synth_fp.key} if synth_fp else {})})
         target = self.data / "sft.jsonl"
         if self.step_current("sft_data", fp) and target.is_file():
@@ -178,12 +206,25 @@ class PosttrainStage(BaseStage):
         out = {}
         for name, src in srcs.items():
             if src.kind == "file":
-                files = sources.files(src, self.cfg.run.data_dir)
+                try:
+                    files = sources.files(src, self.cfg.run.data_dir)
+                except FileNotFoundError as e:  # name the key, not only the path
+                    raise type(e)(f"posttrain.{'sft_sources' if kind == 'sft' else 'preference.sources'}"
+                                  f".{name}.path: {e}") from None
                 for f in files:
                     self.inputs[f"{kind}/{name}/{f.name}"] = f
                 out[f"{kind}/{name}"] = paths_digest(files)
             elif src.kind == "hf":
                 out[f"{kind}/{name}"] = f"hf:{src.hf_dataset}"
+        return out
+
+    def _source_images(self, srcs: dict) -> list[dict]:
+        """The images the file sources' records name (as `_read_conversations` resolves them)."""
+        out = []
+        for src in (s for s in srcs.values() if s.kind == "file"):
+            for rec, where in sources.read(src, ReadStats(), self.cfg.run.data_dir):
+                if isinstance(rec.get("images"), list):
+                    out.append({"images": _image_paths(rec["images"], where, src)})
         return out
 
     def _synthetic_fp(self) -> Optional[Fingerprint]:
@@ -218,12 +259,18 @@ class PosttrainStage(BaseStage):
     def _read_conversations(self, name: str, src, data_dir):
         stats, drops, pool = ReadStats(), records.Drops(), []
         for rec, where in sources.read(src, stats, data_dir):
+            images = rec.get("images")
+            if images is not None and not isinstance(images, list):
+                drops.add("malformed_images", f"`images` is a {type(images).__name__}, not a list "
+                          "of paths", where)
+                continue
             for k, parsed in enumerate(records.conversations(rec, src.format)):
                 if parsed.reason:
                     drops.add(parsed.reason, parsed.detail, where)
                 else:
                     pool.append({"id": f"{name}/{where.rsplit('/', 1)[-1]}/{k}", "source": name,
-                                 "messages": parsed.value})
+                                 "messages": parsed.value,
+                                 **({"images": _image_paths(images, where, src)} if images else {})})
         for f, line, err in stats.corrupt:
             drops.add("corrupt_line", err, f"{f}:{line}")
         return pool, drops
@@ -248,8 +295,10 @@ class PosttrainStage(BaseStage):
                "posttrain.lora": results_view(pc.lora), "template": self._template(),
                **{f"posttrain.{k}": getattr(pc, k) for k in
                   ("launcher", "num_gpus", "num_nodes", "zero_stage", "precision")}}
-        return self._fp(cfg, {"model": model_identity(self.model_dir(start_label)),
-                              "data": file_digest(data_file)})
+        inputs = {"model": model_identity(self.model_dir(start_label)), "data": file_digest(data_file)}
+        if phase == "sft" and self._vision():
+            inputs.update(self._vision_inputs(read_jsonl(data_file)))
+        return self._fp(cfg, inputs)
 
     def _train(self, phase: str, start_label: str, data_file: Path, columns: list[str]) -> dict:
         fp = self._phase_fp(phase, start_label, data_file)
@@ -304,7 +353,9 @@ class PosttrainStage(BaseStage):
                 "columns": columns, "args": args, "device": pc.device,
                 "lora": results_view(pc.lora) if pc.lora.enabled else None,
                 "end_of_turn_id": chat.end_of_turn_id(tok, self._template()),
-                "fingerprint": fp.to_dict()}
+                "fingerprint": fp.to_dict(),
+                **({"vision": {"num_crops": self.cfg.mix.image_text.num_crops}}
+                   if phase == "sft" and self._vision() else {})}
 
     def _hostfile(self) -> Optional[Path]:
         if not self.pc.hostfile:
@@ -320,12 +371,16 @@ class PosttrainStage(BaseStage):
 
     def train_dpo(self) -> dict:
         """DPO with TRL from the SFT model, which is also the reference."""
+        if self._vision():
+            raise vision.dpo_unsupported(self.pc)
         return self._train("dpo", "sft", self.data / "pairs.jsonl", ["prompt", "chosen", "rejected"])
 
     # ------------------------------------------------------------------ preference data
     def preference_data(self, progress: bool = True) -> dict:
         """The DPO pairs: from files by weight, plus generated ones ranked by the judge."""
         pref, data_dir = self.pc.preference, self.cfg.run.data_dir
+        if self._vision():  # the first DPO step: nothing is generated or judged
+            raise vision.dpo_unsupported(self.pc)
         file_inputs = self._register("pairs", pref.sources)
         gen_fp = self._generation_fp(file_inputs) if pref.generate else None
         fp = self._fp({"posttrain.preference": results_view(pref),
@@ -545,6 +600,15 @@ def _link_weights(src: str, dest: Path) -> None:
     for f in sorted(p.iterdir()):
         if f.is_file() and any(fnmatch.fnmatch(f.name, pat) for pat in WEIGHT_FILES):
             (dest / f.name).symlink_to(f.resolve())
+
+
+def _image_paths(images: list, where: str, src) -> list[str]:
+    """A record's image paths, relative ones from its file's folder (stage 03's rule)."""
+    from phi_lib.data.image_text import absolute_images
+
+    if src.kind != "file":
+        return [str(p) for p in images]
+    return absolute_images(images, Path(where.rsplit(":", 1)[0]).parent)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

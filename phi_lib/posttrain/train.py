@@ -7,6 +7,8 @@
 The job (written by the stage, `phi_lib.posttrain.stage`) names the model folder to start
 from (its tokenizer carries the training chat template), the data (`messages` records for
 SFT; `prompt`/`chosen`/`rejected` for DPO), TRL's arguments, LoRA, and the fingerprint.
+A job with `vision` (a phi-3-vision base) trains our model on image-text conversations with
+transformers' Trainer instead (`phi_lib.posttrain.vision`), under the same contract.
 
 Checkpoints go to `<phase>/run/checkpoint-N` (TRL/HF format: weights or adapter, optimizer,
 scheduler, RNG states, `trainer_state.json` written last). A run resumes from the last
@@ -45,18 +47,23 @@ def last_complete_checkpoint(run_dir: Path) -> Optional[Path]:
     return max(done)[1] if done else None
 
 
+def common_args(job: dict, on_cpu: bool) -> dict:
+    """The TrainingArguments every phase gets beside the job's own."""
+    precision = job["args"]["precision"]
+    return dict(output_dir=str(Path(job["phase_dir"]) / "run"), report_to=[],
+                bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=on_cpu,
+                save_strategy="steps", disable_tqdm=False, deepspeed=job.get("deepspeed"),
+                dataloader_num_workers=0, logging_first_step=True)
+
+
 def trl_args(job: dict, on_cpu: bool):
     """TRL's SFTConfig / DPOConfig from the job's arguments."""
     from trl import DPOConfig, SFTConfig
 
     a = dict(job["args"])
-    precision = a.pop("precision")
-    common = dict(output_dir=str(Path(job["phase_dir"]) / "run"), report_to=[],
-                  bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=on_cpu,
-                  save_strategy="steps", disable_tqdm=False, deepspeed=job.get("deepspeed"),
-                  dataloader_num_workers=0, logging_first_step=True)
+    a.pop("precision")
     cls = SFTConfig if job["phase"] == "sft" else DPOConfig
-    return cls(**common, **a)
+    return cls(**common_args(job, on_cpu), **a)
 
 
 def load_data(job: dict):
@@ -83,6 +90,10 @@ def build_trainer(job: dict):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     on_cpu = job.get("device") == "cpu" or not torch.cuda.is_available()
+    if job.get("vision"):  # a phi-3-vision base: our model, transformers' Trainer
+        from phi_lib.posttrain import vision
+
+        return vision.build_trainer(job, common_args(job, on_cpu))
     args = trl_args(job, on_cpu)
     tok = AutoTokenizer.from_pretrained(job["model"])
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job["args"]["precision"], torch.float32)
@@ -113,7 +124,12 @@ def save_final(trainer, job: dict) -> Path:
     if not trainer.is_world_process_zero():
         return final
     tok = AutoTokenizer.from_pretrained(job["model"])
-    if job.get("lora"):
+    if job.get("vision"):
+        from phi_lib.posttrain import vision
+
+        vision.finish_model(tmp, job, job["end_of_turn_id"])
+        model_cfg = None
+    elif job.get("lora"):
         from peft import PeftModel
 
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job["args"]["precision"],
@@ -125,11 +141,12 @@ def save_final(trainer, job: dict) -> Path:
         model_cfg = merged.generation_config
     else:
         model_cfg = trainer.model.generation_config
-    eos = model_cfg.eos_token_id
-    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    if job["end_of_turn_id"] not in eos:
-        model_cfg.eos_token_id = [job["end_of_turn_id"], *eos]
-    model_cfg.save_pretrained(str(tmp))
+    if model_cfg is not None:
+        eos = model_cfg.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        if job["end_of_turn_id"] not in eos:
+            model_cfg.eos_token_id = [job["end_of_turn_id"], *eos]
+        model_cfg.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))
     atomic_write_json(tmp / "posttrain.json", {"phase": job["phase"], "fingerprint": job["fingerprint"]})
     shutil.rmtree(final, ignore_errors=True)
