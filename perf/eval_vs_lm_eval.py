@@ -4,7 +4,9 @@
 
 Both score the same documents (lm-eval through its shipped task YAMLs over our loaders'
 output, see `phi_lib.evaluate.lm_eval_tasks`) with the same model object and batch size;
-the script checks the per-item predictions are identical and prints items/s and the ratio.
+the script checks the per-item predictions are identical and prints items/s and the ratio of
+wall times, and the ratio of the process's CPU times (`--threads 1` makes that one stable on a
+shared machine, where wall time measures the other jobs' load as much as ours).
 """
 from __future__ import annotations
 
@@ -23,7 +25,12 @@ def main() -> None:
     ap.add_argument("--mmlu-subject", default="high_school_geography")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -41,8 +48,9 @@ def main() -> None:
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=args.batch_size)
     print(f"model {args.model} on {next(model.parameters()).device}, limit {args.limit}, "
           f"batch {args.batch_size}")
-    print(f"{'task':12s} {'items':>5s} {'lm-eval it/s':>13s} {'ours it/s':>10s} {'ratio':>6s} same-preds")
-    tot_ref = tot_ours = n_tot = 0.0
+    print(f"{'task':12s} {'items':>5s} {'lm-eval it/s':>13s} {'ours it/s':>10s} {'ratio':>6s} "
+          f"{'cpu ratio':>9s} same-preds")
+    tot_ref = tot_ours = n_tot = cpu_ref = cpu_ours = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for task in tasks:
             names = write_lm_eval_tasks(tmp, [task], args.limit, mmlu_subjects=[args.mmlu_subject],
@@ -51,25 +59,28 @@ def main() -> None:
             if task == "mmlu":
                 docs = [d for d in docs if d["subject"] == args.mmlu_subject]
             run_task(model, tok, task, docs[:2], cfg, progress=False)  # warm-up (both share it)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             ref = simple_evaluate(model=lm, tasks=list(names),
                                   task_manager=TaskManager(include_path=tmp), log_samples=True,
                                   bootstrap_iters=0, verbosity="ERROR")
-            t_ref = time.perf_counter() - t0
-            t0 = time.perf_counter()
+            t_ref, c_ref = time.perf_counter() - t0, time.process_time() - c0
+            t0, c0 = time.perf_counter(), time.process_time()
             _, ours = run_task(model, tok, task, docs, cfg, progress=False)
-            t_ours = time.perf_counter() - t0
+            t_ours, c_ours = time.perf_counter() - t0, time.process_time() - c0
             ref_samples = sorted(ref["samples"][list(names)[0]], key=lambda s: s["doc_id"])
             same = all(o["pred"] == int(np.argmax([float(x[0]) for x in r["filtered_resps"]]))
                        for o, r in zip(ours, ref_samples)) and len(ours) == len(ref_samples)
             n = len(docs)
             print(f"{task:12s} {n:5d} {n / t_ref:13.2f} {n / t_ours:10.2f} "
-                  f"{t_ref / t_ours:5.2f}x {same}")
+                  f"{t_ref / t_ours:5.2f}x {c_ref / c_ours:8.2f}x {same}")
             tot_ref += t_ref
             tot_ours += t_ours
+            cpu_ref += c_ref
+            cpu_ours += c_ours
             n_tot += n
     print(f"{'total':12s} {int(n_tot):5d} {n_tot / tot_ref:13.2f} {n_tot / tot_ours:10.2f} "
-          f"{tot_ref / tot_ours:5.2f}x  (ours vs lm-eval {__import__('lm_eval').__version__})")
+          f"{tot_ref / tot_ours:5.2f}x {cpu_ref / cpu_ours:8.2f}x  (ours vs lm-eval "
+          f"{__import__('lm_eval').__version__}, {torch.get_num_threads()} threads)")
 
 
 if __name__ == "__main__":

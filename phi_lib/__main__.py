@@ -28,6 +28,9 @@ def main(argv=None) -> int:
     p.add_argument("sweep", help="sweep YAML, e.g. params/sweeps/mixture.yaml")
     p.add_argument("--force", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true", help="stage lines only (as for `run`)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="run nothing: list each (variant, seed) run, its steps and tokens, and "
+                        "which stages it would share with an earlier run")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("status", help="which stages of a run are current, and why not")
@@ -81,8 +84,16 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    from phi_lib.sweep import sweep
+    from phi_lib.sweep import plan, sweep
 
+    if args.dry_run:
+        for r in plan(args.sweep):
+            shared = {n: s["shared_with"] for n, s in r["stages"].items() if s["shared_with"]}
+            own = [n for n, s in r["stages"].items() if not s["shared_with"]]
+            print(f"{r['run']}: variant {r['variant']}, seed {r['seed']}, "
+                  f"{r['train_steps']} steps, {r['tokens']:,} tokens; runs {' '.join(own) or '-'}"
+                  + "".join(f"; {n} shared with {w}" for n, w in shared.items()))
+        return 0
     table = sweep(args.sweep, force=args.force, stream_outputs=not args.quiet)
     print(f"comparison: {table} (+ results.md, results.png)")
     return 0

@@ -50,3 +50,14 @@ def test_gpu_sweep_size_and_budget_are_the_planners():
     assert ev.curve_every == cfg.train.save_every and cfg.train.keep_last * ev.curve_every > \
         cfg.train.max_steps  # every curve point's checkpoint is kept
     assert "mmlu_cloze" in ev.tasks and "commonsense_qa_cloze" in ev.tasks
+
+
+def test_sweep_dry_run_from_the_command_line(capsys):
+    from phi_lib.__main__ import main
+
+    assert main(["sweep", str(SPEC), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    runs = plan(SPEC)
+    assert len(lines) == len(runs) == 6
+    assert lines[0].startswith(f"{runs[0]['run']}: variant textbooks, seed 0") and "shared" not in lines[0]
+    assert f"01 shared with {runs[0]['run']}" in lines[1] and "runs 05 06" in lines[1]
