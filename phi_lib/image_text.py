@@ -29,6 +29,21 @@ IMAGE_TEXT_DIR = "image_text"
 INDEX = "index.json"
 
 
+def absolute_images(images: list, folder: Path) -> list[str]:
+    """A record's image paths, relative ones taken from the record file's folder (stages 03 and
+    08 read them so)."""
+    return [str(p if Path(p).is_absolute() else Path(folder) / p) for p in images]
+
+
+def drop_reason(message: str) -> str:
+    """The drop reason of an ImageRecordError's message."""
+    if "not found" in message:
+        return "missing_image"
+    if "not a readable image" in message:
+        return "unreadable_image"
+    return "bad_image_tags"
+
+
 @dataclass
 class ImageTextBatch:
     """One micro-batch: the records' ids left-padded, all their images in row order."""

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Iterator, Optional
 
-from phi_lib.image_text import IMAGE_TEXT_DIR, INDEX
+from phi_lib.image_text import IMAGE_TEXT_DIR, INDEX, absolute_images, drop_reason
 from phi_lib.io import atomic_open, atomic_write_json, read_json
 from phi_lib.provenance import digest, path_digest
 
@@ -64,12 +64,6 @@ def read_records(path: Path) -> Iterator[tuple[str, Optional[dict], str]]:
             yield name, rec, line
 
 
-def absolute_images(images: list, folder: Path) -> list[str]:
-    """A record's image paths, relative ones taken from the record file's folder (stage 08's
-    image-text conversations read them so too)."""
-    return [str(p if Path(p).is_absolute() else Path(folder) / p) for p in images]
-
-
 def content_key(cfg) -> str:
     """Digest of the records' files and of every image they name (a changed image can change
     its token count): part of stage 03's data fingerprint."""
@@ -78,15 +72,6 @@ def content_key(cfg) -> str:
         images = sorted({p for _, rec, _ in read_records(path) if rec for p in rec["images"]})
         parts[str(path)] = {"file": path_digest(path), "images": {p: path_digest(p) for p in images}}
     return digest(parts)
-
-
-def drop_reason(message: str) -> str:
-    """The drop reason of an ImageRecordError's message."""
-    if "not found" in message:
-        return "missing_image"
-    if "not a readable image" in message:
-        return "unreadable_image"
-    return "bad_image_tags"
 
 
 def _is_val(rec: dict, seed: int, fraction: float) -> bool:

@@ -604,7 +604,7 @@ def _link_weights(src: str, dest: Path) -> None:
 
 def _image_paths(images: list, where: str, src) -> list[str]:
     """A record's image paths, relative ones from its file's folder (stage 03's rule)."""
-    from phi_lib.data.image_text import absolute_images
+    from phi_lib.image_text import absolute_images
 
     if src.kind != "file":
         return [str(p) for p in images]

@@ -71,7 +71,7 @@ def fits(pool: list[dict], drops: Drops, proc, max_length: int) -> list[dict]:
     """The conversations the processor can encode within `max_length` tokens (image tokens
     included); the others counted by reason (`missing_image`, `unreadable_image`,
     `bad_image_tags`, `too_long`) with the message naming the record."""
-    from phi_lib.data.image_text import drop_reason
+    from phi_lib.image_text import drop_reason
     from phi_lib.model.phi3_vision_processor import ImageRecordError
 
     kept = []
