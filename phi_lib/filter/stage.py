@@ -314,8 +314,8 @@ class FilterStage(BaseStage):
         labels = np.asarray([r["label"] for r in files.read(self.out, files.ANNOTATIONS, kind)
                              if r.get("label") is not None], dtype=float)
         pos = int((labels >= thr).sum())
-        why = (f"its {len(val)} validation labels are all {'>=' if len(val) and val.min() >= thr else '<'} "
-               f"filter.label_threshold {thr:g}")
+        side = ">=" if len(val) and val.min() >= thr else "<"
+        why = f"its {len(val)} validation labels are all {side} filter.label_threshold {thr:g}"
         if pos in (0, len(labels)):
             return (f"{why}, and so are all {len(labels)} {kind} labels (range "
                     f"{labels.min():.2f}-{labels.max():.2f}): no split can hold both classes")
