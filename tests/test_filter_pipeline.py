@@ -93,6 +93,7 @@ def test_stage_02_outputs_of_the_smoke_run(smoke_run):
     m = man["metrics"]
     auc, q_auc = m["web/eval/holdout/classifier/roc_auc"], m["web/eval/holdout/classifier/mean_quartile_auc"]
     assert auc is not None and auc > 0.75, m
+    check_aucs_defined_or_explained(man)
     assert q_auc > m["web/eval/holdout/length/mean_quartile_auc"] + 0.2, m
     rep = json.loads((out / "eval.json").read_text())["holdout"]  # the zero-shot judge baseline:
     judged = rep["scorers"].get("judge", {}).get("n", 0)  # every page it was asked scored or counted
@@ -115,3 +116,14 @@ def test_stage_02_outputs_of_the_smoke_run(smoke_run):
     assert {"corpus:corpora/web/c4-en", "benchmark:humaneval"} <= set(man["inputs"])
     scores = load_classifier(out / "classifier").score(["The water cycle moves water from oceans to clouds."])
     assert len(scores) == 1 and isinstance(scores[0], float)
+
+
+def check_aucs_defined_or_explained(man: dict) -> None:
+    """Every ROC AUC of a stage-02 manifest is a number, or null with the reason beside it
+    (issue 15: the smoke's code path had a null validation AUC and nothing said why)."""
+    reasons = man.get("undefined_reasons", {})
+    for k, v in man["metrics"].items():
+        if k.endswith("roc_auc") and v is None:
+            assert k in man["undefined_metrics"] and reasons.get(k), (k, reasons)
+        elif k.endswith("roc_auc"):
+            assert 0 <= v <= 1 and k not in reasons, (k, v)

@@ -47,7 +47,7 @@ def finished(tmp_path, **over):
     return cfg, stage.out
 
 
-@pytest.mark.parametrize("knob,value", [("synth.sampling.temperature", 0.5), ("run.seed", 7),
+@pytest.mark.parametrize("knob,value", [("synth.sampling.temperature", 0.9), ("run.seed", 7),
                                         ("synth.backend.dtype", "float32")])
 def test_result_knob_regenerates_every_record(tmp_path, knob, value):
     """(issue 12: stage 01 skipped every id already kept or dropped, whatever the config.)"""
@@ -65,7 +65,7 @@ def test_result_knob_regenerates_every_record(tmp_path, knob, value):
     ids = [r["id"] for r in samples(out)]
     assert len(ids) == len(set(ids)) == sum(KINDS.values())
     if knob == "synth.sampling.temperature":
-        assert all(r["sampling"]["temperature"] == 0.5 for r in samples(out))
+        assert all(r["sampling"]["temperature"] == 0.9 for r in samples(out))
 
 
 def test_changed_prompt_regenerates_that_record_only(tmp_path, monkeypatch):

@@ -93,6 +93,13 @@ def test_exercise_checker_drops_wrong_solutions(tmp_path):
     assert reasons(out, "code_exercises") == {
         1: "exercise_failed", 2: "exercise_no_asserts", 3: "exercise_missing_function",
         4: "exercise_timeout"}
+    ran = {r["index"]: r.get("sandbox_status") for r in read_samples(out, "code_exercises")
+           + read_samples(out, "code_exercises", dropped=True)}
+    assert ran == {0: "passed", 1: "failed", 2: None, 3: None, 4: "timeout"}  # 2, 3 never ran
+    assert {k: v for k, v in summary["counts"].items() if "/sandbox_" in k} == {
+        "code_exercises/sandbox_run": 3, "code_exercises/sandbox_passed": 1,
+        "code_exercises/sandbox_failed": 1, "code_exercises/sandbox_timeout": 1,
+        "code_exercises/sandbox_error": 0}
     failed = read_samples(out, "code_exercises", dropped=True)[0]
     assert failed["index"] == 1 and failed["drop_detail"].startswith("AssertionError")
     [kept] = read_samples(out, "code_exercises")
@@ -130,7 +137,9 @@ def test_exercise_cut_by_max_new_tokens_is_named_truncated(tmp_path):
     run_steps(cfg, ScriptedBackend(lambda p, s: answers[p], finish_reason="length"), tmp_path)
     [drop] = read_samples(tmp_path, "code_exercises", dropped=True)
     assert drop["index"] == 0 and drop["drop_reason"] == "exercise_truncated"
-    assert drop["drop_detail"].startswith("exercise_no_asserts: the completion hit max_new_tokens (48)")
+    budget = cfg.synth.sampling.max_new_tokens
+    assert drop["drop_detail"].startswith(
+        f"exercise_no_asserts: the completion hit max_new_tokens ({budget})")
     assert [r["index"] for r in read_samples(tmp_path, "code_exercises")] == [1]
 
 
@@ -144,7 +153,8 @@ def test_length_truncation_repetition_and_record_fields(tmp_path):
                 "seed", "sample_seed", "prompt_hash", "prompt", "text", "completion_tokens",
                 "fingerprint", "filter_fingerprint", "completion_hash"):
         assert key in rec, key
-    assert rec["backend"] == "scripted" and rec["sampling"]["max_new_tokens"] == 48
+    budget = load("params/smoke.yaml").synth.sampling.max_new_tokens
+    assert rec["backend"] == "scripted" and rec["sampling"]["max_new_tokens"] == budget
     assert rec["prompt_hash"] == specs[0].prompt_hash
     assert repeated_ngram_fraction(loop) > 0.8 and repeated_ngram_fraction(ESSAY) == 0.0
     # a completion that hit max_new_tokens is dropped when drop_truncated is on

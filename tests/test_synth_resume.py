@@ -66,25 +66,25 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path):
 
 
 def test_changed_then_killed_run_never_mixes_configs(tmp_path):
-    """Finish at temperature 0.8, change to 0.5, die midway, resume: every record (raw, kept,
-    dropped) is of the 0.5 run, each id once."""
+    """Finish at the smoke's temperature (0.5), change to 0.9, die midway, resume: every
+    record (raw, kept, dropped) is of the 0.9 run, each id once."""
     out = tmp_path / "smoke" / "01_synthesize"
     _run(tmp_path, None, {})
     old = generation_fingerprint(config(tmp_path)).key
-    new_cfg = config(tmp_path, **{"synth.sampling.temperature": 0.5})
+    new_cfg = config(tmp_path, **{"synth.sampling.temperature": 0.9})
     new = generation_fingerprint(new_cfg).key
     assert new != old
-    killed(tmp_path, 3, **{"synth.sampling.temperature": 0.5})
+    killed(tmp_path, 3, **{"synth.sampling.temperature": 0.9})
     mid = records(out / ".generated") + [r for f in out.rglob(".shard.partial") for r in read_jsonl(f)]
     assert {r["fingerprint"] for r in mid} == {new} and len(mid) == 4  # the old ones are gone
     samples = records(out / "textbook") + records(out / "code_textbook") + records(out / ".dropped")
     assert all(r["fingerprint"] != old for r in samples)  # pruned from kept/dropped as well
     backend = ScriptedBackend(answer)
     run_steps(new_cfg, backend)
-    assert len(backend.prompts) == 8  # only the 8 not yet generated at 0.5
+    assert len(backend.prompts) == 8  # only the 8 not yet generated at 0.9
     for folder in (".generated", "textbook", "code_textbook", ".dropped"):
         recs = records(out / folder)
         assert {r["fingerprint"] for r in recs} == ({new} if folder != ".dropped" else set()), folder
-        assert all(r["sampling"]["temperature"] == 0.5 for r in recs)
+        assert all(r["sampling"]["temperature"] == 0.9 for r in recs)
     ids = [r["id"] for f in ("textbook", "code_textbook", ".dropped") for r in records(out / f)]
     assert len(ids) == len(set(ids)) == 12 and set(ids) == IDS

@@ -295,5 +295,28 @@ class FilterStage(BaseStage):
                     pass
             for _ in files.read_kept(self.out, kind, stats):
                 pass
+        reasons = {f"{k}/roc_auc": r for k in self.kinds() if (r := self._auc_undefined(k))}
+        extra = {"undefined_reasons": reasons} if reasons else {}
         return super().write_manifest(counts={"corrupt_output_records": stats.n_corrupt},
-                                      outputs={k: KEPT_DIR[k] for k in self.kinds()})
+                                      outputs={k: KEPT_DIR[k] for k in self.kinds()}, **extra)
+
+    def _auc_undefined(self, kind: str) -> Optional[str]:
+        """Why a path's validation ROC AUC is undefined (null), or None where it is defined:
+        its validation split holds one class only, and whether any split could hold both."""
+        import numpy as np
+
+        from phi_lib.io import read_json
+
+        v = read_json(self.out / CLASSIFIER_DIR[kind] / "classifier.json")["validation"]
+        thr, val = self.fc.label_threshold, np.asarray(v.get("labels") or [], dtype=float)
+        if len(set((val >= thr).tolist())) == 2:
+            return None
+        labels = np.asarray([r["label"] for r in files.read(self.out, files.ANNOTATIONS, kind)
+                             if r.get("label") is not None], dtype=float)
+        pos = int((labels >= thr).sum())
+        side = ">=" if len(val) and val.min() >= thr else "<"
+        why = f"its {len(val)} validation labels are all {side} filter.label_threshold {thr:g}"
+        if pos in (0, len(labels)):
+            return (f"{why}, and so are all {len(labels)} {kind} labels (range "
+                    f"{labels.min():.2f}-{labels.max():.2f}): no split can hold both classes")
+        return f"{why}; {pos} of the {len(labels)} {kind} labels reach it"

@@ -68,17 +68,17 @@ def exercise_program(text: str, function_name: str) -> tuple[Optional[str], str]
 SANDBOX_KEY = "synth.sandbox_isolation"
 
 
-def run_exercises(programs: list[str], cfg: SynthConfig) -> list[tuple[Optional[str], str]]:
-    """Run each program (solution + asserts) in the sandbox: per program (drop reason or None,
-    detail: the last line of its stderr, e.g. the AssertionError)."""
+def run_exercises(programs: list[str], cfg: SynthConfig) -> list[tuple[str, str]]:
+    """Run each program (solution + asserts) in the sandbox: per program (its status:
+    passed / failed / timeout / error, detail: the last line of its stderr, e.g. the
+    AssertionError)."""
     from phi_lib.sandbox import run_programs
 
     out = []
     for r in run_programs(programs, timeout_s=cfg.exercise_timeout_s, memory_mb=1024,
                           isolation=cfg.sandbox_isolation, key=SANDBOX_KEY):
         lines = [line for line in r.stderr.splitlines() if line.strip()]
-        out.append((None if r.status == "passed" else f"exercise_{r.status}",
-                    lines[-1][:200] if lines else ""))
+        out.append((r.status, lines[-1][:200] if lines else ""))
     return out
 
 
@@ -111,7 +111,8 @@ def check_alone(records: list[dict], cfg: SynthConfig, benchmarks, code_benchmar
     different in length are not compared), dropped as `contaminated_ast` at
     `decontaminate_ast_threshold`; with `code_embedder` (a callable returning an Embedder)
     also its nearest solution by embedding (`embedding_match`), dropped as
-    `contaminated_embedding` at `decontaminate_embedding_threshold`."""
+    `contaminated_embedding` at `decontaminate_embedding_threshold`. An exercise that got as
+    far as the sandbox records its `sandbox_status` (passed, failed, timeout, error)."""
     programs: dict[int, str] = {}
     for i, rec in enumerate(records):
         reason = (check_truncated(rec["finish_reason"], cfg) or check_length(rec["text"], cfg)
@@ -147,9 +148,10 @@ def check_alone(records: list[dict], cfg: SynthConfig, benchmarks, code_benchmar
                 programs.pop(i)
     if cfg.check_exercises and programs:
         idx = sorted(programs)
-        for i, (reason, detail) in zip(idx, run_exercises([programs[i] for i in idx], cfg)):
-            if reason:
-                records[i]["drop_reason"], records[i]["drop_detail"] = reason, detail
+        for i, (status, detail) in zip(idx, run_exercises([programs[i] for i in idx], cfg)):
+            records[i]["sandbox_status"] = status  # it ran: the manifest counts these
+            if status != "passed":
+                records[i]["drop_reason"], records[i]["drop_detail"] = f"exercise_{status}", detail
 
 
 def drop_near_duplicates(records: list[dict], threshold: float) -> None:

@@ -37,6 +37,8 @@ from phi_lib.synth.topics import Topic, load_topics
 TOPICS_FILE = ".topics.jsonl"
 PROMPTS_FILE = ".prompts.jsonl"
 FIGURES = ("counts.png", "audiences.png", "embeddings.png")
+SANDBOX_STATUSES = ("passed", "failed", "timeout", "error")
+"""What an exercise run in the sandbox can end as (phi_lib.sandbox.SandboxResult.status)."""
 ERRORS_SHOWN = 20
 """Failed request ids listed in the manifest (all are counted)."""
 
@@ -280,7 +282,7 @@ class SynthStage(BaseStage):
                 r["drop_reason"] = p["drop_reason"]
                 if "drop_detail" in p:
                     r["drop_detail"] = p["drop_detail"]
-            for k in ("ast_match", "embedding_match"):
+            for k in ("ast_match", "embedding_match", "sandbox_status"):
                 if k in p:
                     r[k] = p[k]
             r["_reused"] = True
@@ -404,7 +406,9 @@ def prompts_table(specs: list[PromptSpec], n: int = 6):
 
 def kind_stats(kind: str, samples: list[dict], counts: dict, drops: dict, metrics: dict) -> dict:
     """The table row of a kind's filtered samples; adds its counts (`<kind>/generated`,
-    `<kind>/kept`), drops (`<kind>/<reason>`) and metrics (`<kind>/tokens`, `/chars`)."""
+    `<kind>/kept`), drops (`<kind>/<reason>`) and metrics (`<kind>/tokens`, `/chars`); for
+    exercises also `code_exercises/sandbox_run` (how many ran their asserts in the sandbox)
+    and `code_exercises/sandbox_<status>` for each status."""
     kept = [r for r in samples if not r.get("drop_reason")]
     row = {"kind": kind, "generated": len(samples), "kept": len(kept)}
     for r in samples:
@@ -419,6 +423,9 @@ def kind_stats(kind: str, samples: list[dict], counts: dict, drops: dict, metric
         from phi_lib.synth.code_decontam import prune_table
 
         counts[f"{kind}/ast_checked"] = len(rates)
+        ran = [r["sandbox_status"] for r in samples if r.get("sandbox_status")]
+        counts[f"{kind}/sandbox_run"] = len(ran)  # reached the sandbox: its asserts ran
+        counts.update({f"{kind}/sandbox_{s}": ran.count(s) for s in SANDBOX_STATUSES})
         counts.update({f"{kind}/ast_prune_at_{t}": n for t, n in prune_table(rates).items()})
     metrics[f"{kind}/tokens"] = row["kept tokens"]
     metrics[f"{kind}/chars"] = sum(len(r["text"]) for r in kept)
