@@ -198,7 +198,7 @@ def launch_dry_run(cfg) -> tuple[list[str], list[str]]:
     from phi_lib.model.planning import memory_per_gpu
     from phi_lib.stages import STAGES
     from phi_lib.train.deepspeed_config import write_ds_config
-    from phi_lib.train.launcher import _hostfile, commands, read_hostfile, write_config
+    from phi_lib.train.launcher import _hostfile, commands, launch_env, read_hostfile, write_config
     from phi_lib.train.phases import finetune_data
     from phi_lib.train.select import check_selectable
 
@@ -206,8 +206,11 @@ def launch_dry_run(cfg) -> tuple[list[str], list[str]]:
     out.mkdir(parents=True, exist_ok=True)
     config_file = write_config(cfg, out)[0]
     ds = write_ds_config(tc, out / "ds_config.json")
-    lines = [f"wrote {config_file} and {out / 'ds_config.json'}", "command:"]
+    env = launch_env(cfg, out, write=True)
+    lines = [f"wrote {config_file} and {out / 'ds_config.json'}"
+             + (f" and {env['DS_ENV_FILE']}" if "DS_ENV_FILE" in env else ""), "command:"]
     lines += [f"  {c}" for c in commands(cfg, out)]
+    lines += ["environment (set over yours):"] + [f"  {k}={v}" for k, v in env.items()]
     failures = []
     world = ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"]
     lines.append(f"world: {tc.launcher}, {tc.num_nodes} node(s) x {tc.num_gpus} GPU(s) = "

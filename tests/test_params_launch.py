@@ -3,6 +3,8 @@ published size, its ZeRO stage / micro batch / activation checkpointing are the 
 for the 80 GB GPUs it names, and it produces its DeepSpeed config and launch command without
 running anything."""
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -224,6 +226,16 @@ def test_launch_dry_run_of_every_params_file(name, tmp_path, capsys):
     if tc.launcher != "single":
         assert cmd[cmd.index("--num_gpus") + 1] == str(tc.num_gpus)
         assert f"GB per GPU of 68 usable on an 80 GB {tc.plan_gpu}" in captured.out
+    lines = captured.out.splitlines()
+    env = dict(x.strip().split("=", 1) for x in lines[lines.index("environment (set over yours):") + 1:]
+               if x.startswith("  ") and "=" in x)
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(project_root())
+    if tc.launcher == "deepspeed" and tc.num_nodes > 1:  # the other nodes get them from the file
+        remote = dict(x.split("=", 1) for x in Path(env["DS_ENV_FILE"]).read_text().splitlines())
+        assert remote["OMP_NUM_THREADS"] == env["OMP_NUM_THREADS"]
+        assert remote["PHI_DATA"] == os.environ["PHI_DATA"]
+    else:
+        assert "DS_ENV_FILE" not in env
     assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
 
 

@@ -162,6 +162,34 @@ def commands(cfg: Config, out: Path) -> list[str]:
             for r in range(tc.num_nodes)]
 
 
+DS_ENV_FILE = "deepspeed_env"
+"""Multi-node deepspeed: the variables its runner does not pass to the other nodes by itself
+(it exports only PYTHON*, MLFLOW*, UCX*, MV2* and the accelerator's, e.g. NCCL*)."""
+_PASSED_ON = ("PHI_DATA", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME")
+
+
+def launch_env(cfg: Config, out: Path, write: bool = False) -> dict[str, str]:
+    """The environment variables the launch sets over the caller's (the dry run prints them):
+    the project on PYTHONPATH, unbuffered output, OMP threads per GPU process, and for a
+    multi-node deepspeed run `DS_ENV_FILE` naming `<out>/deepspeed_env` (written when `write`),
+    which carries those and the data folder / offline settings to every node."""
+    tc, env = cfg.train, os.environ
+    root = str(project_root())
+    out_env = {"PYTHONPATH": root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
+               "PYTHONUNBUFFERED": env.get("PYTHONUNBUFFERED", "1")}
+    if tc.launcher != "single":
+        out_env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS") or str(
+            max(1, (os.cpu_count() or 1) // tc.num_gpus))
+    if tc.launcher == "deepspeed" and tc.num_nodes > 1:
+        remote = {"OMP_NUM_THREADS": out_env["OMP_NUM_THREADS"],
+                  **{k: env[k] for k in _PASSED_ON if env.get(k)}}
+        path = Path(out) / DS_ENV_FILE
+        if write:
+            atomic_write_text(path, "".join(f"{k}={v}\n" for k, v in remote.items()))
+        out_env["DS_ENV_FILE"] = str(path)  # deepspeed joins it to ~ and .: absolute wins
+    return out_env
+
+
 def launch(cfg: Config, out: Path, on_line: Optional[Callable[[str], None]] = print,
            on_tick: Optional[Callable[[], None]] = None, tick_s: float = 5.0,
            echo_noise: bool = False) -> LaunchResult:
@@ -184,12 +212,8 @@ def launch(cfg: Config, out: Path, on_line: Optional[Callable[[str], None]] = pr
     _, config_digest = write_config(cfg, out)  # always the current config, never a stale file
     shutil.rmtree(out / ERRORS_DIR, ignore_errors=True)
     cmd = command(cfg, out)
-    env = dict(os.environ)
+    env = {**os.environ, **launch_env(cfg, out, write=True)}
     root = str(project_root())
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    if tc.launcher != "single" and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // tc.num_gpus))
     t0 = time.time()
     log_path = out / LOG_FILE
     with open(log_path, "a", encoding="utf-8") as log:
