@@ -220,18 +220,9 @@ def _descendants(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_mix_killed_during_tokenization_after_a_change_resumes_without_mixing(smoke_copy, tmp_path):
-    """kill -9 (runner, kernel, tokenizer workers) while the new tokenizer's caches are being
-    written; the rerun finishes with caches identical to a fresh tokenization and shards that
-    all carry the new fingerprint."""
-    from phi_lib.data.tokenize import cache_fingerprint, tokenize_source
-    from phi_lib.data.tokenizer import load_tokenizer
-
-    run_dir = smoke_copy.run_dir
-    mix = run_dir / "03_mix"
-    cache = mix / ".cache" / "tokenized"
-    old_keys = {d.name: read_json(d / "state.json")["fingerprint"]["key"] for d in cache.iterdir()}
-    change = {"model.tokenizer": "gpt2", "mix.batch_docs": 32}  # small batches: a longer window to kill in
+def _start_and_kill_while_tokenizing(run_dir, cache, change) -> bool:
+    """Stage 03 with `change`, kill -9'd (runner, kernel, tokenizer workers) once a new token
+    cache is being written; whether the kill came before every cache was complete."""
     cmd = [sys.executable, "-m", "phi_lib", "run", str(ROOT / "params" / "smoke.yaml"), "--stages", "03",
            "-q", "--set", f"run.output_root={run_dir.parent}"] + [f"--set={k}={v}" for k, v in change.items()]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -262,17 +253,35 @@ def test_mix_killed_during_tokenization_after_a_change_resumes_without_mixing(sm
         os.killpg(group, signal.SIGKILL)
     proc.wait()
     states = [read_json(d / "state.json") if (d / "state.json").is_file() else {} for d in cache.iterdir()]
-    assert not all(s.get("done") for s in states) or len(states) < len(old_keys), "killed too late"
+    return not all(s.get("done") for s in states)
+
+
+def test_mix_killed_during_tokenization_after_a_change_resumes_without_mixing(smoke_copy, tmp_path):
+    """kill -9 (runner, kernel, tokenizer workers) while the new tokenizer's caches are being
+    written; the rerun finishes with caches identical to a fresh tokenization and shards that
+    all carry the new fingerprint."""
+    from phi_lib.data.tokenize import cache_fingerprint, tokenize_source
+    from phi_lib.data.tokenizer import load_tokenizer
+
+    run_dir = smoke_copy.run_dir
+    mix = run_dir / "03_mix"
+    cache = mix / ".cache" / "tokenized"
+    for tokenizer in ("gpt2", "phi-3-mini"):  # a second try if the first kill came too late
+        change = {"model.tokenizer": tokenizer, "mix.batch_docs": 16}  # small batches: a longer window to kill in
+        if _start_and_kill_while_tokenizing(run_dir, cache, change):
+            break
+    else:
+        pytest.fail("killed too late twice: tokenization finished before the kill reached it")
     assert not (mix / "stage.json").exists()
 
     res = smoke_copy(["03"], change)
     assert [s.status for s in res.statuses if s.stage == "03"] == ["done"]
     b = MixBuilder(res.cfg, mix, progress=False)
-    tok = load_tokenizer("gpt2")
+    tok = load_tokenizer(tokenizer)
     for name, src in b.sources.items():
         state = read_json(cache / name / "state.json")
-        assert state["done"] and state["fingerprint"]["key"] == cache_fingerprint(src, "gpt2").key
-        fresh = tokenize_source(src, tmp_path / name, "gpt2", progress=False)
+        assert state["done"] and state["fingerprint"]["key"] == cache_fingerprint(src, tokenizer).key
+        fresh = tokenize_source(src, tmp_path / name, tokenizer, progress=False)
         got = np.fromfile(cache / name / "tokens.bin", dtype=np.uint16)
         assert np.array_equal(got, np.asarray(fresh.tokens)), f"{name}: old and new tokens mixed"
     key = read_json(mix / "mix.json")["fingerprint"]["key"]
@@ -280,5 +289,5 @@ def test_mix_killed_during_tokenization_after_a_change_resumes_without_mixing(sm
         index = read_index(mix / split)
         assert index["fingerprint"]["key"] == key and sorted(_shards(mix / split)) == index["shards"]
     man = read_json(mix / "manifest.json")
-    assert man["config"]["model.tokenizer"] == "gpt2" and man["counts"]["textbooks/docs"] > 0
+    assert man["config"]["model.tokenizer"] == tokenizer and man["counts"]["textbooks/docs"] > 0
     assert read_json(mix / "mix.json")["vocab_size"] == len(tok)
